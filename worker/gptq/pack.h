@@ -1,0 +1,53 @@
+// Packing of quantized weights into the GPTQ checkpoint layout (qweight / qzeros / scales /
+// g_idx) read by transformers, optimum, GPTQModel and vLLM; see shared anchors gptq-format.md.
+#ifndef GPTQ_WORKER_GPTQ_PACK_H_
+#define GPTQ_WORKER_GPTQ_PACK_H_
+
+#include <cstdint>
+
+#include <torch/types.h>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "gptq.h"
+
+namespace gptq {
+
+enum class CheckpointFormat { kGptqV1, kGptqV2 };
+
+// The packed tensors of one Linear, all on CPU.
+struct PackedWeight {
+  torch::Tensor qweight;  // [K*bits/32, N] int32
+  torch::Tensor qzeros;   // [G, N*bits/32] int32 (v1: zero - 1, v2: zero)
+  torch::Tensor scales;   // [G, N] float16
+  torch::Tensor g_idx;    // [K] int32
+  int bits = 4;
+  CheckpointFormat format = CheckpointFormat::kGptqV1;
+};
+
+// OK if an [N, K] weight can be packed at `bits`: K (rows of qweight) and N (qzeros) must be
+// multiples of 32 for 3-bit and of 32/bits otherwise. Else FailedPrecondition explaining why.
+absl::Status CheckPackable(int64_t out_features, int64_t in_features, int bits);
+
+// Packs a quantization result. v1 needs sym-representable zeros (zero >= 1).
+absl::StatusOr<PackedWeight> Pack(const QuantizedWeight& q, CheckpointFormat format);
+
+// Unpacks back to codes [N, K] int32 and zeros [G, N] int32 (true zeros).
+struct UnpackedWeight {
+  torch::Tensor codes;
+  torch::Tensor zeros;
+};
+absl::StatusOr<UnpackedWeight> Unpack(const PackedWeight& p, int64_t out_features,
+                                      int64_t in_features);
+
+// Dequantizes packed tensors to a float16 [N, K] weight.
+absl::StatusOr<torch::Tensor> Dequantize(const PackedWeight& p, int64_t out_features,
+                                         int64_t in_features);
+
+// Converts qzeros between v1 and v2 (returns a new PackedWeight with the other format).
+absl::StatusOr<PackedWeight> ConvertFormat(const PackedWeight& p, CheckpointFormat to,
+                                           int64_t out_features);
+
+}  // namespace gptq
+
+#endif  // GPTQ_WORKER_GPTQ_PACK_H_
