@@ -51,6 +51,7 @@ class HessianAccumulator {
   int64_t columns_;
   int64_t num_samples_ = 0;
   torch::Tensor h_;
+  absl::Status init_status_;  // not OK if columns <= 0 or the allocation failed
 };
 
 // The result of quantizing one [N, K] weight. Tensors are on the weight's device.

@@ -1,0 +1,541 @@
+#include "worker/runtime/writer/checkpoint_writer.h"
+
+#include <fcntl.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <set>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "gptq/status_macros.h"
+#include "nlohmann/json.hpp"
+#include "worker/runtime/writer/sha256.h"
+
+namespace gptq::runtime {
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr const char* kTokenizerFiles[] = {"tokenizer.model", "tokenizer.json",
+                                           "tokenizer_config.json", "special_tokens_map.json",
+                                           "generation_config.json"};
+
+absl::Status ErrnoError(const std::string& what, const std::string& path) {
+  return absl::InternalError(absl::StrCat(what, " ", path, ": ", std::strerror(errno)));
+}
+
+// Writes all of `data` to `file`, feeding `sha` (if any) with what was written.
+absl::Status WriteAll(std::FILE* file, const void* data, size_t size, const std::string& path,
+                      Sha256* sha) {
+  if (size == 0) return absl::OkStatus();
+  if (std::fwrite(data, 1, size, file) != size) return ErrnoError("cannot write", path);
+  if (sha != nullptr) sha->Update(data, size);
+  return absl::OkStatus();
+}
+
+// Flushes and fsyncs, then closes `file` (always closed, even on error).
+absl::Status CloseDurably(std::FILE* file, const std::string& path) {
+  bool ok = std::fflush(file) == 0 && ::fsync(::fileno(file)) == 0;
+  const int saved_errno = errno;
+  ok = (std::fclose(file) == 0) && ok;
+  if (!ok) {
+    errno = saved_errno;
+    return ErrnoError("cannot close", path);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status WriteFileDurably(const std::string& path, const std::string& contents) {
+  std::FILE* file = std::fopen(path.c_str(), "wb");
+  if (file == nullptr) return ErrnoError("cannot create", path);
+  absl::Status status = WriteAll(file, contents.data(), contents.size(), path, nullptr);
+  absl::Status close_status = CloseDurably(file, path);
+  return status.ok() ? close_status : status;
+}
+
+absl::StatusOr<std::string> ReadWholeFile(const std::string& path) {
+  std::FILE* file = std::fopen(path.c_str(), "rb");
+  if (file == nullptr) return ErrnoError("cannot open", path);
+  std::string contents;
+  char buffer[1 << 16];
+  size_t n;
+  while ((n = std::fread(buffer, 1, sizeof(buffer), file)) > 0) contents.append(buffer, n);
+  const bool failed = std::ferror(file) != 0;
+  std::fclose(file);
+  if (failed) return absl::InternalError(absl::StrCat("read error in ", path));
+  return contents;
+}
+
+absl::Status SyncDirectory(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY);
+  if (fd < 0) return ErrnoError("cannot open directory", path);
+  const bool ok = ::fsync(fd) == 0;
+  ::close(fd);
+  if (!ok) return ErrnoError("cannot fsync directory", path);
+  return absl::OkStatus();
+}
+
+// OK when `path` does not exist or is an empty directory.
+absl::Status CheckOutputDirUsable(const std::string& path) {
+  std::error_code ec;
+  const fs::file_status status = fs::symlink_status(path, ec);
+  if (ec && ec != std::errc::no_such_file_or_directory) {
+    return absl::InternalError(absl::StrCat("cannot stat output directory ", path, ": ",
+                                            ec.message()));
+  }
+  if (!fs::exists(status)) return absl::OkStatus();
+  if (!fs::is_directory(status)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("output path ", path, " exists and is not a directory"));
+  }
+  if (!fs::is_empty(path, ec) || ec) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "output directory ", path, " exists and is not empty (refusing to overwrite)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateQuantization(const QuantizationConfig& q) {
+  if (q.bits != 2 && q.bits != 3 && q.bits != 4 && q.bits != 8) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("quantization.bits must be 2, 3, 4 or 8, got ", q.bits));
+  }
+  if (q.group_size != -1 && q.group_size <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("quantization.group_size must be > 0 or -1, got ", q.group_size));
+  }
+  if (!(q.damp_percent > 0.0 && q.damp_percent < 1.0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("quantization.damp_percent must be in (0, 1), got ", q.damp_percent));
+  }
+  if (q.checkpoint_format != "gptq" && q.checkpoint_format != "gptq_v2") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "quantization.checkpoint_format must be \"gptq\" or \"gptq_v2\", got \"",
+        q.checkpoint_format, "\""));
+  }
+  if (!q.sym && q.checkpoint_format != "gptq_v2") {
+    return absl::InvalidArgumentError(
+        "quantization: sym=false requires checkpoint_format \"gptq_v2\" (format \"gptq\" (v1) "
+        "stores zero-1 and cannot represent an asymmetric zero point of 0)");
+  }
+  return absl::OkStatus();
+}
+
+nlohmann::ordered_json QuantizationJson(const QuantizationConfig& q,
+                                        const std::string& quantizer_name) {
+  nlohmann::ordered_json j;
+  j["quant_method"] = "gptq";
+  j["bits"] = q.bits;
+  j["group_size"] = q.group_size;
+  j["desc_act"] = q.desc_act;
+  j["sym"] = q.sym;
+  j["damp_percent"] = q.damp_percent;
+  j["true_sequential"] = q.true_sequential;
+  j["static_groups"] = q.static_groups;
+  j["checkpoint_format"] = q.checkpoint_format;
+  j["format"] = q.checkpoint_format;
+  j["lm_head"] = false;
+  j["meta"] = {{"quantizer", nlohmann::ordered_json::array({quantizer_name})},
+               {"damp_auto_increment", q.damp_auto_increment},
+               {"act_group_aware", q.act_group_aware}};
+  return j;
+}
+
+bool IsReservedOutputName(const std::string& name) {
+  if (name == "config.json" || name == "quantize_config.json" ||
+      name == "model.safetensors.index.json") {
+    return true;
+  }
+  return name.rfind("model", 0) == 0 && name.size() >= 12 &&
+         name.compare(name.size() - 12, 12, ".safetensors") == 0;
+}
+
+struct ShardEntry {
+  std::string name;
+  std::string dtype;
+  std::vector<int64_t> shape;
+  uint64_t begin = 0;
+  uint64_t end = 0;
+};
+
+struct ClosedShard {
+  std::string temp_name;  // file name inside the temporary directory
+  uint64_t size_bytes = 0;
+  std::string sha256_hex;
+  std::vector<std::string> tensor_names;
+};
+
+}  // namespace
+
+size_t DtypeElementSize(const std::string& dtype) {
+  if (dtype == "F32" || dtype == "I32") return 4;
+  if (dtype == "F16" || dtype == "BF16") return 2;
+  return 0;
+}
+
+struct CheckpointWriter::Impl {
+  enum class State { kOpen, kFinished, kAborted };
+
+  CheckpointWriterOptions options;
+  std::string output_dir;  // normalized, no trailing '/'
+  std::string temp_dir;
+  State state = State::kOpen;
+  absl::Status sticky_error;  // first I/O error; the writer is unusable afterwards
+
+  std::set<std::string> tensor_names;
+  uint64_t total_tensor_bytes = 0;
+
+  // The shard being filled: its header entries and a spool file holding its bytes.
+  std::vector<ShardEntry> current;
+  uint64_t current_bytes = 0;
+  std::FILE* spool = nullptr;
+  std::string spool_path;
+
+  std::vector<ClosedShard> closed;
+  std::map<std::string, std::string> extra_files;
+
+  std::string TempPath(const std::string& name) const { return temp_dir + "/" + name; }
+
+  absl::Status Usable() const {
+    if (state == State::kFinished) {
+      return absl::FailedPreconditionError("checkpoint writer: already finished");
+    }
+    if (state == State::kAborted) {
+      return absl::FailedPreconditionError(
+          sticky_error.ok() ? std::string("checkpoint writer: aborted")
+                            : absl::StrCat("checkpoint writer: aborted after an earlier error: ",
+                                           sticky_error.message()));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status OpenSpool() {
+    spool_path = TempPath(absl::StrFormat(".spool-%05d", closed.size() + 1));
+    spool = std::fopen(spool_path.c_str(), "w+b");
+    if (spool == nullptr) return ErrnoError("cannot create spool file", spool_path);
+    return absl::OkStatus();
+  }
+
+  // Writes the current shard (header + spooled bytes) to its own file and starts a new one.
+  absl::Status CloseShard() {
+    nlohmann::ordered_json header;
+    header["__metadata__"] = {{"format", "pt"}};
+    for (const ShardEntry& e : current) {
+      header[e.name] = {{"dtype", e.dtype},
+                        {"shape", e.shape},
+                        {"data_offsets", {e.begin, e.end}}};
+    }
+    std::string header_text = header.dump();
+    // The 8-byte length prefix is already aligned, so pad the JSON itself to a multiple of 8
+    // and the tensor data starts 8-byte aligned.
+    header_text.append((8 - header_text.size() % 8) % 8, ' ');
+
+    ClosedShard shard;
+    shard.temp_name = absl::StrFormat("shard-%05d.safetensors", closed.size() + 1);
+    const std::string path = TempPath(shard.temp_name);
+    std::FILE* out = std::fopen(path.c_str(), "wb");
+    if (out == nullptr) return ErrnoError("cannot create", path);
+    Sha256 sha;
+    uint8_t length_le[8];
+    for (int i = 0; i < 8; ++i) {
+      length_le[i] = static_cast<uint8_t>(uint64_t{header_text.size()} >> (8 * i));
+    }
+    absl::Status status = WriteAll(out, length_le, 8, path, &sha);
+    if (status.ok()) status = WriteAll(out, header_text.data(), header_text.size(), path, &sha);
+    if (status.ok()) {
+      if (std::fflush(spool) != 0 || std::fseek(spool, 0, SEEK_SET) != 0) {
+        status = ErrnoError("cannot rewind spool file", spool_path);
+      }
+    }
+    std::vector<char> buffer(1 << 20);
+    uint64_t copied = 0;
+    while (status.ok()) {
+      const size_t n = std::fread(buffer.data(), 1, buffer.size(), spool);
+      if (n == 0) {
+        if (std::ferror(spool)) status = ErrnoError("cannot read spool file", spool_path);
+        break;
+      }
+      status = WriteAll(out, buffer.data(), n, path, &sha);
+      copied += n;
+    }
+    if (status.ok() && copied != current_bytes) {
+      status = absl::InternalError(absl::StrCat("spool file ", spool_path, " holds ", copied,
+                                                " bytes, expected ", current_bytes));
+    }
+    absl::Status close_status = CloseDurably(out, path);
+    if (status.ok()) status = close_status;
+    GPTQ_RETURN_IF_ERROR(status);
+
+    std::fclose(spool);
+    spool = nullptr;
+    std::remove(spool_path.c_str());
+    shard.size_bytes = 8 + header_text.size() + current_bytes;
+    shard.sha256_hex = sha.HexDigest();
+    for (const ShardEntry& e : current) shard.tensor_names.push_back(e.name);
+    closed.push_back(std::move(shard));
+    current.clear();
+    current_bytes = 0;
+    return OpenSpool();
+  }
+
+  void RemoveTemp() {
+    if (spool != nullptr) {
+      std::fclose(spool);
+      spool = nullptr;
+    }
+    if (!temp_dir.empty()) {
+      std::error_code ec;
+      fs::remove_all(temp_dir, ec);
+    }
+  }
+
+  absl::Status Fail(absl::Status status) {
+    sticky_error = status;
+    RemoveTemp();
+    state = State::kAborted;
+    return status;
+  }
+
+  absl::StatusOr<std::vector<WrittenFile>> FinishInternal(const std::string& source_config_json);
+};
+
+CheckpointWriter::CheckpointWriter(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+CheckpointWriter::~CheckpointWriter() { Abort(); }
+
+const std::string& CheckpointWriter::temp_dir() const { return impl_->temp_dir; }
+
+absl::StatusOr<std::unique_ptr<CheckpointWriter>> CheckpointWriter::Create(
+    CheckpointWriterOptions options) {
+  if (options.output_dir.empty()) {
+    return absl::InvalidArgumentError("checkpoint writer: output_dir is empty");
+  }
+  if (options.torch_dtype.empty()) {
+    return absl::InvalidArgumentError("checkpoint writer: torch_dtype is empty");
+  }
+  if (options.quantization.has_value()) {
+    GPTQ_RETURN_IF_ERROR(ValidateQuantization(*options.quantization));
+  }
+  std::string output_dir = options.output_dir;
+  while (output_dir.size() > 1 && output_dir.back() == '/') output_dir.pop_back();
+  if (output_dir == "/" || output_dir == "." || output_dir == "..") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("checkpoint writer: output_dir \"", output_dir, "\" is not usable"));
+  }
+  fs::path parent = fs::path(output_dir).parent_path();
+  if (parent.empty()) parent = ".";
+  std::error_code ec;
+  if (!fs::is_directory(parent, ec)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "parent directory ", parent.string(), " of output directory ", output_dir,
+        " does not exist"));
+  }
+  GPTQ_RETURN_IF_ERROR(CheckOutputDirUsable(output_dir));
+  if (!options.tokenizer_source_dir.empty() &&
+      !fs::is_directory(options.tokenizer_source_dir, ec)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "checkpoint writer: tokenizer_source_dir ", options.tokenizer_source_dir,
+        " is not a directory"));
+  }
+
+  auto impl = std::make_unique<Impl>();
+  impl->options = std::move(options);
+  impl->output_dir = output_dir;
+  std::string templ = output_dir + ".tmp-XXXXXX";
+  if (::mkdtemp(templ.data()) == nullptr) {
+    return ErrnoError("cannot create temporary directory", templ);
+  }
+  impl->temp_dir = templ;
+  std::unique_ptr<CheckpointWriter> writer(new CheckpointWriter(std::move(impl)));
+  absl::Status status = writer->impl_->OpenSpool();
+  if (!status.ok()) return writer->impl_->Fail(status);  // the destructor then has nothing left
+  return writer;
+}
+
+absl::Status CheckpointWriter::AddTensor(const TensorView& tensor) {
+  Impl& s = *impl_;
+  GPTQ_RETURN_IF_ERROR(s.Usable());
+  if (tensor.name.empty()) {
+    return absl::InvalidArgumentError("checkpoint writer: tensor name is empty");
+  }
+  if (tensor.name == "__metadata__") {
+    return absl::InvalidArgumentError(
+        "checkpoint writer: tensor name \"__metadata__\" is reserved by safetensors");
+  }
+  if (s.tensor_names.count(tensor.name) != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("checkpoint writer: duplicate tensor name \"", tensor.name, "\""));
+  }
+  const size_t element_size = DtypeElementSize(tensor.dtype);
+  if (element_size == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "checkpoint writer: tensor \"", tensor.name, "\" has unsupported dtype \"", tensor.dtype,
+        "\" (expected F16, F32, BF16 or I32)"));
+  }
+  uint64_t num_elements = 1;
+  for (int64_t d : tensor.shape) {
+    if (d < 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "checkpoint writer: tensor \"", tensor.name, "\" has a negative dimension in shape [",
+          absl::StrJoin(tensor.shape, ", "), "]"));
+    }
+    num_elements *= static_cast<uint64_t>(d);
+  }
+  if (num_elements * element_size != tensor.num_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "checkpoint writer: tensor \"", tensor.name, "\" of dtype ", tensor.dtype, " and shape [",
+        absl::StrJoin(tensor.shape, ", "), "] needs ", num_elements * element_size,
+        " bytes, got ", tensor.num_bytes));
+  }
+  if (tensor.num_bytes > 0 && tensor.data == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("checkpoint writer: tensor \"", tensor.name, "\" has null data"));
+  }
+
+  const int64_t limit = s.options.max_shard_bytes;
+  if (limit > 0 && !s.current.empty() &&
+      s.current_bytes + tensor.num_bytes > static_cast<uint64_t>(limit)) {
+    absl::Status status = s.CloseShard();
+    if (!status.ok()) return s.Fail(status);
+  }
+  absl::Status status = WriteAll(s.spool, tensor.data, tensor.num_bytes, s.spool_path, nullptr);
+  if (!status.ok()) return s.Fail(status);
+  s.current.push_back(ShardEntry{tensor.name, tensor.dtype, tensor.shape, s.current_bytes,
+                                 s.current_bytes + tensor.num_bytes});
+  s.current_bytes += tensor.num_bytes;
+  s.total_tensor_bytes += tensor.num_bytes;
+  s.tensor_names.insert(tensor.name);
+  return absl::OkStatus();
+}
+
+absl::Status CheckpointWriter::AddFile(const std::string& name, const std::string& contents) {
+  Impl& s = *impl_;
+  GPTQ_RETURN_IF_ERROR(s.Usable());
+  if (name.empty() || name == "." || name == ".." || name.find('/') != std::string::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("checkpoint writer: file name \"", name, "\" is not a plain file name"));
+  }
+  if (IsReservedOutputName(name)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "checkpoint writer: file name \"", name, "\" is reserved for the writer's own output"));
+  }
+  s.extra_files[name] = contents;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<WrittenFile>> CheckpointWriter::Impl::FinishInternal(
+    const std::string& source_config_json) {
+  nlohmann::ordered_json config =
+      nlohmann::ordered_json::parse(source_config_json, nullptr, /*allow_exceptions=*/false);
+  if (config.is_discarded() || !config.is_object()) {
+    return absl::InvalidArgumentError(
+        "checkpoint writer: source config is not a JSON object (config.json)");
+  }
+  if (tensor_names.empty()) {
+    return absl::FailedPreconditionError("checkpoint writer: no tensors were added");
+  }
+  if (!current.empty()) GPTQ_RETURN_IF_ERROR(CloseShard());
+  std::fclose(spool);
+  spool = nullptr;
+  std::remove(spool_path.c_str());
+
+  std::vector<WrittenFile> files;
+  const size_t num_shards = closed.size();
+  std::map<std::string, std::string> weight_map;  // sorted, as transformers writes it
+  for (size_t i = 0; i < num_shards; ++i) {
+    const std::string final_name =
+        num_shards == 1 ? std::string("model.safetensors")
+                        : absl::StrFormat("model-%05d-of-%05d.safetensors", i + 1, num_shards);
+    if (std::rename(TempPath(closed[i].temp_name).c_str(), TempPath(final_name).c_str()) != 0) {
+      return ErrnoError("cannot rename shard to", TempPath(final_name));
+    }
+    for (const std::string& t : closed[i].tensor_names) weight_map[t] = final_name;
+    files.push_back({final_name, closed[i].size_bytes, closed[i].sha256_hex});
+  }
+
+  std::map<std::string, std::string> small_files;  // name -> contents
+  if (num_shards > 1) {
+    nlohmann::ordered_json index;
+    index["metadata"] = {{"total_size", total_tensor_bytes}};
+    index["weight_map"] = nlohmann::ordered_json::object();
+    for (const auto& [tensor, file] : weight_map) index["weight_map"][tensor] = file;
+    small_files["model.safetensors.index.json"] = index.dump(2) + "\n";
+  }
+
+  config["torch_dtype"] = options.torch_dtype;
+  if (options.quantization.has_value()) {
+    const nlohmann::ordered_json q = QuantizationJson(*options.quantization,
+                                                      options.quantizer_name);
+    config["quantization_config"] = q;
+    small_files["quantize_config.json"] = q.dump(2) + "\n";
+  } else {
+    config.erase("quantization_config");
+  }
+  small_files["config.json"] = config.dump(2) + "\n";
+
+  if (!options.tokenizer_source_dir.empty()) {
+    for (const char* name : kTokenizerFiles) {
+      if (extra_files.count(name) != 0) continue;
+      const std::string source = options.tokenizer_source_dir + "/" + name;
+      std::error_code ec;
+      if (!fs::is_regular_file(source, ec)) continue;
+      GPTQ_ASSIGN_OR_RETURN(small_files[name], ReadWholeFile(source));
+    }
+  }
+  for (const auto& [name, contents] : extra_files) small_files[name] = contents;
+
+  for (const auto& [name, contents] : small_files) {
+    GPTQ_RETURN_IF_ERROR(WriteFileDurably(TempPath(name), contents));
+    files.push_back({name, contents.size(), Sha256Hex(contents)});
+  }
+  std::sort(files.begin(), files.end(),
+            [](const WrittenFile& a, const WrittenFile& b) { return a.name < b.name; });
+  GPTQ_RETURN_IF_ERROR(SyncDirectory(temp_dir));
+
+  // Re-check right before the rename: something may have appeared at output_dir meanwhile.
+  // rename(2) atomically replaces an empty directory and fails on a non-empty one.
+  GPTQ_RETURN_IF_ERROR(CheckOutputDirUsable(output_dir));
+  if (std::rename(temp_dir.c_str(), output_dir.c_str()) != 0) {
+    if (errno == ENOTEMPTY || errno == EEXIST) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "output directory ", output_dir, " became non-empty while the checkpoint was written"));
+    }
+    return ErrnoError(absl::StrCat("cannot rename ", temp_dir, " to"), output_dir);
+  }
+  temp_dir.clear();  // now the output; nothing to clean up
+  fs::path parent = fs::path(output_dir).parent_path();
+  GPTQ_RETURN_IF_ERROR(SyncDirectory(parent.empty() ? "." : parent.string()));
+  return files;
+}
+
+absl::StatusOr<std::vector<WrittenFile>> CheckpointWriter::Finish(
+    const std::string& source_config_json) {
+  Impl& s = *impl_;
+  GPTQ_RETURN_IF_ERROR(s.Usable());
+  absl::StatusOr<std::vector<WrittenFile>> files = s.FinishInternal(source_config_json);
+  if (!files.ok()) {
+    if (!s.temp_dir.empty()) return s.Fail(files.status());
+    // Only the final directory fsync failed: the checkpoint is complete and in place.
+    s.state = Impl::State::kFinished;
+    return files.status();
+  }
+  s.state = Impl::State::kFinished;
+  return files;
+}
+
+void CheckpointWriter::Abort() {
+  if (impl_ == nullptr || impl_->state != Impl::State::kOpen) return;
+  impl_->RemoveTemp();
+  impl_->state = Impl::State::kAborted;
+}
+
+}  // namespace gptq::runtime
