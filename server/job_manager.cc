@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "absl/strings/match.h"
+#include "absl/time/clock.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -892,6 +893,7 @@ MetricsSnapshot JobManager::Snapshot() const {
   for (const auto& [id, entry] : jobs_) ++s.jobs_by_state[StateName(entry.job.state())];
   s.queue_depth = static_cast<int64_t>(queue_.size());
   s.workers_connected = static_cast<int64_t>(workers_.size());
+  s.held_calls = static_cast<int64_t>(pending_heartbeats_.size() + pending_leases_.size());
   for (const auto& [id, w] : workers_) {
     if (!w.job_id.empty()) ++s.workers_busy;
   }

@@ -17,6 +17,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "job_manager.h"
 #include "job_store.h"
@@ -82,11 +83,39 @@ std::string DefaultWorkerBinary(const char* argv0) {
   return (self.parent_path() / "gptq-worker").string();
 }
 
+// Abseil flags are spelled with underscores; we document dashes (--metrics-listen). Rewrites
+// flag names (not values: `--worker-args "--data-dir x"` keeps its value).
+std::vector<std::string> NormalizeFlagNames(int argc, char** argv) {
+  std::vector<std::string> out = {argv[0]};
+  bool value_next = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (value_next) {
+      value_next = false;
+    } else if (arg.rfind("--", 0) == 0 && arg.size() > 2) {
+      const size_t eq = arg.find('=');
+      std::string name = arg.substr(2, eq == std::string::npos ? std::string::npos : eq - 2);
+      for (char& c : name) {
+        if (c == '-') c = '_';
+      }
+      const bool is_bool = name == "allow_insecure_remote" || name == "noallow_insecure_remote" ||
+                           name == "help" || name == "helpfull" || name == "version";
+      if (eq == std::string::npos && !is_bool) value_next = true;
+      arg = "--" + name + (eq == std::string::npos ? "" : arg.substr(eq));
+    }
+    out.push_back(arg);
+  }
+  return out;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("gptq-server: GPTQ quantization job service (see server/README.md)");
-  absl::ParseCommandLine(argc, argv);
+  std::vector<std::string> args = NormalizeFlagNames(argc, argv);
+  std::vector<char*> arg_ptrs;
+  for (auto& a : args) arg_ptrs.push_back(a.data());
+  absl::ParseCommandLine(static_cast<int>(arg_ptrs.size()), arg_ptrs.data());
 
   // Signals are taken by one thread with sigwait; block them everywhere else (threads
   // created below inherit the mask).
@@ -179,10 +208,13 @@ int main(int argc, char** argv) {
 
   int sig = 0;
   sigwait(&signals, &sig);
+  const absl::Time t0 = absl::Now();
   std::fprintf(stderr, "gptq-server: signal %d, shutting down\n", sig);
   (*server)->Shutdown(absl::Seconds(absl::GetFlag(FLAGS_shutdown_grace_seconds)));
+  const absl::Time t1 = absl::Now();
   if (workers != nullptr) workers->Stop();
   if (metrics_http != nullptr) metrics_http->Stop();
-  std::fprintf(stderr, "gptq-server: stopped\n");
+  std::fprintf(stderr, "gptq-server: stopped (gRPC %.0f ms, workers and metrics %.0f ms)\n",
+               absl::ToDoubleMilliseconds(t1 - t0), absl::ToDoubleMilliseconds(absl::Now() - t1));
   return 0;
 }

@@ -112,6 +112,9 @@ std::string Metrics::Render(const MetricsSnapshot& snap) const {
   absl::StrAppend(&out, "gptq_workers_connected ", snap.workers_connected, "\n");
   Header(&out, "gptq_workers_busy", "gauge", "Alive workers holding a job lease.");
   absl::StrAppend(&out, "gptq_workers_busy ", snap.workers_busy, "\n");
+  Header(&out, "gptq_worker_held_calls", "gauge",
+         "LeaseJob and Heartbeat calls held open by the server (long polls).");
+  absl::StrAppend(&out, "gptq_worker_held_calls ", snap.held_calls, "\n");
   Header(&out, "gptq_watchers", "gauge", "Open WatchJob streams.");
   absl::StrAppend(&out, "gptq_watchers ", watchers_, "\n");
   Header(&out, "gptq_jobs_created_total", "counter", "Jobs created since the server started.");

@@ -24,6 +24,8 @@ struct MetricsSnapshot {
   int64_t queue_depth = 0;
   int64_t workers_connected = 0;
   int64_t workers_busy = 0;
+  // LeaseJob / Heartbeat calls the server is holding open.
+  int64_t held_calls = 0;
 };
 
 class Metrics {

@@ -149,15 +149,14 @@ def perplexity(model, ids, seqlen, batch_size, device):
     return math.exp(total_nll / total_tokens), num_windows
 
 
-def load_model(path, device, **kwargs):
-    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+def load_model(path, device):
+    from transformers import LlamaForCausalLM
 
-    cls = kwargs.pop("cls", LlamaForCausalLM)
     try:
-        model = cls.from_pretrained(path, dtype=torch.float32, **kwargs)
-    except TypeError:
-        model = cls.from_pretrained(path, torch_dtype=torch.float32, **kwargs)
-    return model.to(device).eval() if "device_map" not in kwargs else model.eval()
+        model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32)
+    except TypeError:  # transformers < 4.56 spells it torch_dtype
+        model = LlamaForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
+    return model.to(device).eval()
 
 
 def main():
@@ -199,7 +198,7 @@ def main():
         die("no .qweight tensors: not a GPTQ checkpoint")
     used = set()
     nmse = {}
-    params = dict(model.named_parameters())
+    params = dict(model.named_parameters(remove_duplicate=False))  # tied ones too
     with torch.no_grad():
         for prefix in prefixes:
             try:
@@ -253,7 +252,7 @@ def main():
     if not args.no_native:
         native = {"attempted": False}
         try:
-            import importlib
+            import importlib.util
 
             backends = [m for m in ("gptqmodel", "optimum")
                         if importlib.util.find_spec(m) is not None]

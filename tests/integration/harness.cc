@@ -248,6 +248,7 @@ absl::Status Server::Start() {
       "--local-workers", std::to_string(options_.local_workers),
       "--heartbeat-seconds", absl::StrCat(options_.heartbeat_seconds),
       "--worker-binary", WorkerBinary(),
+      "--shutdown-grace-seconds", "1",
   };
   if (!DataRoot().empty()) {
     argv.push_back("--worker-args");

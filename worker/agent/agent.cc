@@ -1,5 +1,6 @@
 #include "agent.h"
 
+#include <algorithm>
 #include <chrono>
 #include <exception>
 #include <filesystem>
@@ -202,13 +203,19 @@ absl::Status WorkerAgent::Run() {
 
 void WorkerAgent::HeartbeatLoop() {
   std::unique_lock<std::mutex> lock(mu_);
+  absl::Time last_start = absl::Now();
   while (!stopping()) {
     const absl::Duration period = heartbeat_period_;
-    if (cv_.wait_for(lock, absl::ToChronoMilliseconds(period), [&] {
+    // One heartbeat per period, counted from the start of the previous one: the server may
+    // hold a heartbeat for up to a period while a job runs (answering at once on cancel or a
+    // lost lease), so during a job the calls follow each other back to back.
+    const absl::Duration wait = std::max(absl::ZeroDuration(), last_start + period - absl::Now());
+    if (cv_.wait_for(lock, absl::ToChronoMilliseconds(wait), [&] {
           return stopping() || heartbeat_period_ != period;
         })) {
       continue;  // stopping, or a new period: re-evaluate
     }
+    last_start = absl::Now();
     lock.unlock();
     HeartbeatOnce();
     lock.lock();
@@ -229,9 +236,15 @@ void WorkerAgent::HeartbeatOnce() {
     req.set_lease_epoch(job->epoch);
   }
   if (deps_.memory_used_bytes) req.set_memory_used_bytes(deps_.memory_used_bytes());
+  absl::Duration period;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    period = heartbeat_period_;
+  }
   wv1::HeartbeatResponse resp;
   grpc::ClientContext ctx;
-  PrepareContext(&ctx, options_.rpc_timeout);
+  // The server may hold the call for a period; leave room for that.
+  PrepareContext(&ctx, std::max(options_.rpc_timeout, 2 * period + absl::Seconds(5)));
   const grpc::Status s = stub_->Heartbeat(&ctx, req, &resp);
   if (!s.ok()) {
     if (s.error_code() == grpc::StatusCode::NOT_FOUND) {
@@ -294,6 +307,7 @@ bool WorkerAgent::SendBatch(ActiveJob& job, EventBatcher::Batch batch) {
   }
   *req.mutable_progress() = std::move(batch.progress);
   absl::Duration backoff = options_.min_backoff;
+  bool reregistered = false;
   for (int attempt = 0; attempt < 6; ++attempt) {
     req.set_worker_id(worker_id());
     wv1::ReportEventsResponse resp;
@@ -314,8 +328,15 @@ bool WorkerAgent::SendBatch(ActiveJob& job, EventBatcher::Batch batch) {
     if (job.lease_lost.load()) return false;
     GPTQ_AGENT_LOG(kWarning, "job ", job.job_id, ": ReportEvents failed: ", FromGrpc(s).ToString());
     if (s.error_code() == grpc::StatusCode::NOT_FOUND) {
+      // Unknown worker (server restarted): register and retry once; unknown job: lost.
+      if (reregistered) {
+        MarkLeaseLost(job, absl::StrCat("ReportEvents: ", s.error_message()));
+        return false;
+      }
+      reregistered = true;
       const absl::Status r = Register();
       if (!r.ok()) GPTQ_AGENT_LOG(kWarning, "Register failed: ", r.ToString());
+      continue;
     }
     if (stopping()) return false;
     Backoff(&backoff);
@@ -456,6 +477,7 @@ void WorkerAgent::Finish(ActiveJob& job, const wv1::FinishJobRequest& request) {
   wv1::FinishJobRequest req = request;
   absl::Duration backoff = options_.min_backoff;
   const absl::Time give_up = absl::Now() + absl::Minutes(10);
+  bool reregistered = false;
   while (true) {
     req.set_worker_id(worker_id());
     wv1::FinishJobResponse resp;
@@ -469,8 +491,15 @@ void WorkerAgent::Finish(ActiveJob& job, const wv1::FinishJobRequest& request) {
     }
     GPTQ_AGENT_LOG(kWarning, "job ", job.job_id, ": FinishJob failed: ", FromGrpc(s).ToString());
     if (s.error_code() == grpc::StatusCode::NOT_FOUND) {
+      // Unknown worker (server restarted): register and retry once; unknown job: lost.
+      if (reregistered) {
+        MarkLeaseLost(job, absl::StrCat("FinishJob: ", s.error_message()));
+        return;
+      }
+      reregistered = true;
       const absl::Status r = Register();
       if (!r.ok()) GPTQ_AGENT_LOG(kWarning, "Register failed: ", r.ToString());
+      continue;
     } else if (!Transient(s.error_code())) {
       return;
     }

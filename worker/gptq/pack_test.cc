@@ -15,7 +15,7 @@ namespace {
 
 int32_t Word(uint32_t bits) { return static_cast<int32_t>(bits); }
 
-// A QuantizedWeight with random codes/zeros (zeros in [1, 2^b] so that v1 can store them).
+// A QuantizedWeight with random codes and zeros in [1, 2^b - 1] (storable by v1 and v2).
 QuantizedWeight RandomQuantized(int64_t n, int64_t k, int bits, int group_size, uint64_t seed) {
   auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
   const int64_t g = (k + group_size - 1) / group_size;
@@ -23,7 +23,7 @@ QuantizedWeight RandomQuantized(int64_t n, int64_t k, int bits, int group_size, 
   q.bits = bits;
   q.group_size = group_size;
   q.codes = at::randint(0, 1 << bits, {n, k}, gen, at::kInt);
-  q.zeros = at::randint(1, (1 << bits) + 1, {g, n}, gen, at::kInt);
+  q.zeros = at::randint(1, 1 << bits, {g, n}, gen, at::kInt);
   q.scales = at::rand({g, n}, gen, at::kFloat) * 0.01 + 0.001;
   q.g_idx = at::div(at::arange(k), group_size, "floor").to(at::kInt);
   const at::Tensor gi = q.g_idx.to(at::kLong);
@@ -118,9 +118,11 @@ TEST(PackTest, VersionTwoAddsTheKnownConstantToEachWord) {
     absl::StatusOr<PackedWeight> v1 = Pack(q, CheckpointFormat::kGptqV1);
     absl::StatusOr<PackedWeight> v2 = Pack(q, CheckpointFormat::kGptqV2);
     ASSERT_TRUE(v1.ok() && v2.ok());
-    const int64_t add = bits == 2 ? 0x55555555LL : bits == 4 ? 0x11111111LL : 0x01010101LL;
-    const at::Tensor sum = (v1->qzeros.to(at::kLong).bitwise_and(0xFFFFFFFFLL) + add);
-    const at::Tensor v2_words = v2->qzeros.to(at::kLong).bitwise_and(0xFFFFFFFFLL);
+    const int64_t add = bits == 2 ? int64_t{0x55555555} : bits == 4 ? int64_t{0x11111111}
+                                                                    : int64_t{0x01010101};
+    const int64_t mask = int64_t{0xFFFFFFFF};
+    const at::Tensor sum = v1->qzeros.to(at::kLong).bitwise_and(mask) + add;
+    const at::Tensor v2_words = v2->qzeros.to(at::kLong).bitwise_and(mask);
     EXPECT_TRUE(at::equal(sum, v2_words)) << bits << " bits";
   }
 }

@@ -1,6 +1,8 @@
 #include "hub/hf_hub.h"
 
+#ifdef GPTQ_HUB_HAVE_CURL
 #include <curl/curl.h>
+#endif
 
 #include <cctype>
 #include <cerrno>
@@ -40,8 +42,10 @@ constexpr const char* kOptionalFiles[] = {
 };
 
 void GlobalInit() {
+#ifdef GPTQ_HUB_HAVE_CURL
   static std::once_flag once;
   std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
+#endif
 }
 
 bool IsHex64(absl::string_view s) {
@@ -103,6 +107,7 @@ int64_t FileSize(const std::string& path) {
   return ec ? -1 : static_cast<int64_t>(size);
 }
 
+#ifdef GPTQ_HUB_HAVE_CURL
 // State of one HTTP transfer.
 struct Transfer {
   std::string part_path;
@@ -180,6 +185,8 @@ int ProgressCallback(void* user, curl_off_t, curl_off_t, curl_off_t, curl_off_t)
   auto* t = static_cast<Transfer*>(user);
   return (t->cancelled != nullptr && *t->cancelled && (*t->cancelled)()) ? 1 : 0;
 }
+
+#endif  // GPTQ_HUB_HAVE_CURL
 
 absl::Status WriteManifest(const std::string& dir, const HfModelRef& ref,
                            const std::vector<FetchedFile>& files) {
@@ -307,6 +314,7 @@ absl::StatusOr<FetchedFile> HfHub::FetchFile(const HfModelRef& ref, const std::s
                        ec.message()));
     }
   }
+#ifdef GPTQ_HUB_HAVE_CURL
   const std::string url = FileUrl(ref, file);
   const std::string what = absl::StrCat("'", file, "' of ", ref.ToString());
   absl::Status last = absl::UnavailableError("no attempt made");
@@ -436,6 +444,12 @@ absl::StatusOr<FetchedFile> HfHub::FetchFile(const HfModelRef& ref, const std::s
     return FetchedFile{file, FileSize(dest), sha};
   }
   return last;
+#else
+  (void)cancelled;
+  return absl::UnimplementedError(absl::StrCat(
+      "cannot fetch '", file, "' of ", ref.ToString(),
+      ": this worker was built without libcurl (hf:// downloads unavailable)"));
+#endif
 }
 
 absl::StatusOr<Snapshot> HfHub::FetchModel(const HfModelRef& ref, const CancelFn& cancelled) {

@@ -26,6 +26,7 @@ namespace wv1 = ::gptq::worker::v1;
 
 class FakeWorkerService final : public wv1::WorkerService::Service {
  public:
+  using Clock = std::chrono::steady_clock;
   explicit FakeWorkerService(double heartbeat_seconds = 0.2)
       : heartbeat_seconds_(heartbeat_seconds) {}
 

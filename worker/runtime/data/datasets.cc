@@ -1,5 +1,6 @@
 #include "datasets.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -91,11 +92,12 @@ absl::StatusOr<std::string> DatasetPath(const std::string& name, Split split,
     return absl::InvalidArgumentError(absl::StrCat("unknown dataset \"", name, "\"; known: ",
                                                    absl::StrJoin(KnownDatasetNames(), ", ")));
   }
-  if (data_dir.empty()) {
+  const std::string dir = data_dir.empty() ? DefaultDataDir() : data_dir;
+  if (dir.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "no data directory for dataset \"", name, "\": set GPTQ_DATA_DIR or data_dir"));
   }
-  return absl::StrCat(data_dir, absl::EndsWith(data_dir, "/") ? "" : "/", rel);
+  return absl::StrCat(dir, absl::EndsWith(dir, "/") ? "" : "/", rel);
 }
 
 absl::StatusOr<std::string> LoadDatasetText(const std::string& name, Split split,

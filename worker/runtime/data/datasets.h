@@ -33,15 +33,17 @@ std::vector<std::string> KnownDatasetNames();
 std::string DefaultDataDir();
 
 // Path of the file(s) holding `name`'s `split` under `data_dir` (for brown: the directory).
-// InvalidArgument listing the known names for an unknown name; InvalidArgument when data_dir is
-// empty ("no data directory: set GPTQ_DATA_DIR or data_dir").
+// An empty `data_dir` means DefaultDataDir() ($GPTQ_DATA_DIR) in this and every function below.
+// InvalidArgument listing the known names for an unknown name; InvalidArgument when both are
+// empty ("no data directory for dataset ...: set GPTQ_DATA_DIR or data_dir").
 absl::StatusOr<std::string> DatasetPath(const std::string& name, Split split,
                                         const std::string& data_dir);
 
 // The whole text of dataset `name` for `split`:
 //   c4, tinystories: the file as is (both splits).
-//   wikitext2: wiki.valid.raw (calibration) / wiki.test.raw (evaluation), read whole — the same
-//     string as GPTQ's `"\n\n".join(testdata['text'])` over the HF dataset's lines.
+//   wikitext2: wiki.valid.raw (calibration) / wiki.test.raw (evaluation), each read whole, in
+//     the raw file's own layout (GPTQ's datautils join the HF dataset's lines with "\n\n"
+//     instead, so its whitespace — and a few tokens — can differ from this).
 //   brown: the 500 files in name order (ca01 ... cr09), each `word/TAG` token reduced to `word`,
 //     words of a sentence joined by single spaces, one sentence per line, files separated by a
 //     blank line. Calibration and evaluation are the same text.

