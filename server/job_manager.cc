@@ -200,6 +200,17 @@ absl::StatusOr<Job> JobManager::CreateJob(const gptq::v1::CreateJobRequest& requ
       auto it = by_request_id_.find(request.request_id());
       if (it != by_request_id_.end()) return jobs_.at(it->second).job;
     }
+    // Two live jobs must not write into one directory.
+    auto output = ResolveUri("spec.output_uri", request.spec().output_uri(), false, {});
+    for (const auto& [other_id, other] : jobs_) {
+      if (IsTerminal(other.job.state())) continue;
+      auto other_output = ResolveUri("", other.job.spec().output_uri(), false, {});
+      if (output.ok() && other_output.ok() && output->local_path == other_output->local_path) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "spec.output_uri: ", output->local_path, " is already the output of job ", other_id,
+            " (", StateName(other.job.state()), ")"));
+      }
+    }
     Job job;
     job.set_id(NewId("job"));
     *job.mutable_labels() = request.labels();
@@ -552,7 +563,16 @@ absl::StatusOr<JobManager::JobEntry*> JobManager::CheckLease(const std::string& 
     WorkerEntry& w = wit->second;
     w.last_seen = absl::Now();
     if (w.job_id != job_id || w.epoch != epoch || entry.job.worker_id() != worker_id) {
-      // Re-adoption (e.g. after a server restart the worker registered again).
+      // Re-adoption (e.g. after a server restart the worker registered again). A worker runs
+      // one job: a different lease it still held is over.
+      if (!w.job_id.empty() && w.job_id != job_id) {
+        auto old = jobs_.find(w.job_id);
+        if (old != jobs_.end() && old->second.epoch == w.epoch) {
+          LoseLease(old->second,
+                    absl::StrCat("worker ", worker_id, " now reports job ", job_id),
+                    "worker_released", /*count_attempt=*/true, after);
+        }
+      }
       w.job_id = job_id;
       w.epoch = epoch;
       if (entry.job.worker_id() != worker_id) {
@@ -682,6 +702,18 @@ void JobManager::Heartbeat(const wv1::HeartbeatRequest& request, HeartbeatCallba
     }
   }
   RunDeferred(after);
+}
+
+void JobManager::ReturnLease(const std::string& job_id, int64_t epoch,
+                             const std::string& reason) {
+  Deferred after;
+  absl::MutexLock lock(&mu_);
+  auto it = jobs_.find(job_id);
+  if (it == jobs_.end() || it->second.epoch != epoch ||
+      it->second.job.state() != gptq::v1::JOB_STATE_RUNNING) {
+    return;
+  }
+  LoseLease(it->second, reason, "worker_released", /*count_attempt=*/false, &after);
 }
 
 absl::StatusOr<wv1::ReportEventsResponse> JobManager::ReportEvents(

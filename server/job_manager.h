@@ -94,6 +94,9 @@ class JobManager {
   // For a worker running a job, holds the call up to one heartbeat period; completes early on
   // cancellation or lease loss.
   void Heartbeat(const gptq::worker::v1::HeartbeatRequest& request, HeartbeatCallback done);
+  // Takes back a lease that never reached its worker (its LeaseJob call was cancelled): the
+  // job is requeued and the attempt does not count. No-op if (job_id, epoch) is not current.
+  void ReturnLease(const std::string& job_id, int64_t epoch, const std::string& reason);
   absl::StatusOr<gptq::worker::v1::ReportEventsResponse> ReportEvents(
       const gptq::worker::v1::ReportEventsRequest& request);
   absl::Status FinishJob(const gptq::worker::v1::FinishJobRequest& request);

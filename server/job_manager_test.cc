@@ -112,6 +112,20 @@ TEST_F(JobManagerTest, CreateIsIdempotentOnRequestId) {
   EXPECT_NE(Create(0, "req-2").id(), a.id());
 }
 
+TEST_F(JobManagerTest, TwoLiveJobsCannotShareAnOutputDirectory) {
+  auto first = Create();
+  gptq::v1::CreateJobRequest r;
+  r.mutable_spec()->set_model_uri(dir_.File("model"));
+  r.mutable_spec()->set_output_uri("file://" + dir_.File("out-1/"));
+  auto dup = manager_->CreateJob(r);
+  EXPECT_EQ(dup.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(dup.status().message(),
+            absl::StrCat("spec.output_uri: ", dir_.File("out-1"), " is already the output of job ",
+                         first.id(), " (queued)"));
+  ASSERT_TRUE(manager_->CancelJob(first.id()).ok());
+  EXPECT_TRUE(manager_->CreateJob(r).ok());  // The first one is terminal now.
+}
+
 TEST_F(JobManagerTest, InvalidRequestIsNotStored) {
   gptq::v1::CreateJobRequest r;
   r.mutable_spec()->set_model_uri(dir_.File("model"));
@@ -519,6 +533,23 @@ TEST_F(JobManagerTest, ShutdownHandsLeasesBack) {
   ASSERT_TRUE(again.has_value());
   EXPECT_EQ(again->lease_epoch(), 2);
   EXPECT_EQ(again->attempt(), 1);
+}
+
+TEST_F(JobManagerTest, ReturnedLeaseIsRequeuedWithoutCountingTheAttempt) {
+  auto job = Create();
+  const std::string w = Register();
+  auto lease = Lease(w);
+  ASSERT_TRUE(lease.has_value());
+  manager_->ReturnLease(job.id(), lease->lease_epoch() + 1, "wrong epoch");  // No-op.
+  EXPECT_EQ(State(job.id()), gptq::v1::JOB_STATE_RUNNING);
+  manager_->ReturnLease(job.id(), lease->lease_epoch(), "call cancelled");
+  auto j = manager_->GetJob(job.id());
+  EXPECT_EQ(j->state(), gptq::v1::JOB_STATE_QUEUED);
+  EXPECT_EQ(j->attempt(), 0);
+  auto again = Lease(Register());
+  ASSERT_TRUE(again.has_value());
+  EXPECT_EQ(again->attempt(), 1);
+  EXPECT_EQ(again->lease_epoch(), lease->lease_epoch() + 1);
 }
 
 TEST_F(JobManagerTest, HeldLeaseIsAnsweredWhenAJobArrives) {

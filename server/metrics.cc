@@ -60,6 +60,17 @@ Metrics::Metrics() = default;
 void Metrics::RecordRpc(absl::string_view service, absl::string_view method, int code) {
   absl::MutexLock lock(&mu_);
   ++rpcs_[{std::string(service), std::string(method)}][code];
+  --rpcs_in_flight_;
+}
+
+void Metrics::RpcStarted() {
+  absl::MutexLock lock(&mu_);
+  ++rpcs_in_flight_;
+}
+
+int64_t Metrics::rpcs_in_flight() const {
+  absl::MutexLock lock(&mu_);
+  return rpcs_in_flight_;
 }
 
 void Metrics::ObserveJobDuration(absl::string_view outcome, double seconds) {
@@ -115,6 +126,8 @@ std::string Metrics::Render(const MetricsSnapshot& snap) const {
   Header(&out, "gptq_worker_held_calls", "gauge",
          "LeaseJob and Heartbeat calls held open by the server (long polls).");
   absl::StrAppend(&out, "gptq_worker_held_calls ", snap.held_calls, "\n");
+  Header(&out, "gptq_rpcs_in_flight", "gauge", "RPCs being handled (including held calls).");
+  absl::StrAppend(&out, "gptq_rpcs_in_flight ", rpcs_in_flight_, "\n");
   Header(&out, "gptq_watchers", "gauge", "Open WatchJob streams.");
   absl::StrAppend(&out, "gptq_watchers ", watchers_, "\n");
   Header(&out, "gptq_jobs_created_total", "counter", "Jobs created since the server started.");

@@ -36,6 +36,9 @@ class Metrics {
 
   // One finished RPC: `method` is the bare method name ("CreateJob"), `code` the gRPC code.
   void RecordRpc(absl::string_view service, absl::string_view method, int code);
+  // An RPC handler was entered; RecordRpc ends it. Their difference is rpcs_in_flight().
+  void RpcStarted();
+  int64_t rpcs_in_flight() const;
   // A job reached a terminal state after running for `seconds` (its last attempt).
   void ObserveJobDuration(absl::string_view outcome, double seconds);
   void RecordJobCreated();
@@ -64,6 +67,7 @@ class Metrics {
   std::map<std::string, uint64_t> requeues_ ABSL_GUARDED_BY(mu_);
   uint64_t jobs_created_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t watchers_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t rpcs_in_flight_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 // The canonical upper-case name of a gRPC status code ("OK", "NOT_FOUND", ...).

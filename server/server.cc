@@ -8,6 +8,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 
 namespace gptq::server {
 
@@ -110,11 +111,18 @@ void GptqServer::Shutdown(absl::Duration grace) {
     health->SetServingStatus("gptq.v1.QuantizationService", false);
     health->SetServingStatus("gptq.worker.v1.WorkerService", false);
   }
-  // Completes held LeaseJob/Heartbeat calls and ends watchers, so Shutdown below only waits
-  // for short RPCs.
+  // Completes held LeaseJob/Heartbeat calls and ends watchers; then in-flight RPCs get up to
+  // `grace` to finish. grpc::Server::Shutdown itself would also wait (until its deadline) for
+  // idle client connections to close, so it only gets a short deadline once our RPCs are done.
+  const absl::Time deadline = absl::Now() + grace;
   manager_->Shutdown();
+  while (metrics_->rpcs_in_flight() > 0 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  const absl::Time stop_by = std::min(deadline, absl::Now() + absl::Milliseconds(200));
   server_->Shutdown(std::chrono::system_clock::now() +
-                    std::chrono::microseconds(absl::ToInt64Microseconds(grace)));
+                    std::chrono::microseconds(
+                        std::max<int64_t>(0, absl::ToInt64Microseconds(stop_by - absl::Now()))));
   stop_ticker_.Notify();
   if (ticker_.joinable()) ticker_.join();
   shutdown_done_.Notify();

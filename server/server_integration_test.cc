@@ -16,6 +16,7 @@
 #include "gptq/worker/v1/worker.grpc.pb.h"
 #include "job_manager.h"
 #include "job_store.h"
+#include "local_workers.h"
 #include "metrics.h"
 #include "server.h"
 #include "test_util.h"
@@ -324,6 +325,30 @@ TEST_F(ServerTest, SilentWorkerIsReplacedAndFenced) {
   EXPECT_EQ(w.sequences.size(), 5u);
 }
 
+TEST_F(ServerTest, LeaseForAnAbandonedLeaseCallIsTakenBack) {
+  StartServer(0.5);
+  FakeWorker gone(channel_);
+  {
+    wv1::LeaseJobRequest r;
+    r.set_worker_id(gone.id());
+    r.set_wait_seconds(10);
+    wv1::LeaseJobResponse resp;
+    auto stub = wv1::WorkerService::NewStub(channel_);
+    // The worker stops waiting after 300 ms; the server still holds its call.
+    grpc::Status s = stub->LeaseJob(Ctx(absl::Milliseconds(300)).get(), r, &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  }
+  v1::Job job = CreateJob();  // Handed to the held call, which is cancelled: taken back.
+  v1::Job j = Get(job.id());
+  EXPECT_EQ(j.state(), v1::JOB_STATE_QUEUED);
+  EXPECT_EQ(j.attempt(), 0);
+  FakeWorker live(channel_);
+  auto lease = live.Lease(0);
+  ASSERT_TRUE(lease.has_value());
+  EXPECT_EQ(lease->job_id(), job.id());
+  EXPECT_EQ(lease->attempt(), 1);
+}
+
 TEST_F(ServerTest, HundredWatchersSeeIdenticalSequences) {
   StartServer(0.5);
   FakeWorker worker(channel_);
@@ -504,6 +529,17 @@ TEST_F(ServerTest, TlsServesAndPlaintextRemoteIsRefused) {
   EXPECT_NE(refused.status().message().find("refusing plaintext gRPC on non-loopback address "
                                             "0.0.0.0:0"),
             std::string::npos);
+}
+
+TEST(LocalWorkerDevicesTest, AutoAndCounts) {
+  EXPECT_EQ(*LocalWorkerDevices("auto", 0), std::vector<std::string>{"cpu"});
+  EXPECT_EQ(*LocalWorkerDevices("auto", 2), (std::vector<std::string>{"cuda:0", "cuda:1"}));
+  EXPECT_EQ(*LocalWorkerDevices("3", 2),
+            (std::vector<std::string>{"cuda:0", "cuda:1", "cuda:0"}));
+  EXPECT_EQ(*LocalWorkerDevices("2", 0), (std::vector<std::string>{"cpu", "cpu"}));
+  EXPECT_TRUE(LocalWorkerDevices("0", 4)->empty());
+  EXPECT_EQ(LocalWorkerDevices("many", 0).status().message(),
+            "--local-workers: must be auto or a number in [0, 64] (got 'many')");
 }
 
 }  // namespace

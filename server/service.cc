@@ -184,6 +184,7 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::Done(grpc::CallbackServerCont
 }
 
 #define GPTQ_AUTHORIZE_OR_FINISH(method)                                  \
+  metrics_->RpcStarted();                                                 \
   if (absl::Status auth = Authorize(context, auth_token_); !auth.ok()) { \
     return Done(context, method, auth);                                   \
   }
@@ -233,6 +234,7 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::DeleteJob(
 
 grpc::ServerWriteReactor<JobEvent>* QuantizationServiceImpl::WatchJob(
     grpc::CallbackServerContext* context, const gptq::v1::WatchJobRequest* request) {
+  metrics_->RpcStarted();
   absl::Status status = Authorize(context, auth_token_);
   if (status.ok() && request->from_sequence() < 0) {
     status = absl::InvalidArgumentError(
@@ -272,8 +274,15 @@ grpc::ServerUnaryReactor* WorkerServiceImpl::LeaseJob(grpc::CallbackServerContex
   GPTQ_AUTHORIZE_OR_FINISH("LeaseJob");
   auto* reactor = context->DefaultReactor();
   Metrics* metrics = metrics_;
-  manager_->LeaseJob(*request, [reactor, response, metrics](absl::Status status,
-                                                            wv1::LeaseJobResponse r) {
+  JobManager* manager = manager_;
+  manager_->LeaseJob(*request, [reactor, response, metrics, context, manager](
+                                   absl::Status status, wv1::LeaseJobResponse r) {
+    if (status.ok() && r.has_lease() && context->IsCancelled()) {
+      // The worker gave up waiting (or died): the lease would never reach it.
+      manager->ReturnLease(r.lease().job_id(), r.lease().lease_epoch(),
+                           "the worker's LeaseJob call was cancelled before the lease reached it");
+      r.clear_lease();
+    }
     if (status.ok()) *response = std::move(r);
     metrics->RecordRpc(kWorkerService, "LeaseJob", static_cast<int>(status.code()));
     reactor->Finish(ToGrpcStatus(status));

@@ -3,6 +3,7 @@
 
     check_gptq_checkpoint.py OUT_DIR ORIG_MODEL_DIR TEXT_FILE [--seqlen 256]
         [--batch-size 8] [--max-ppl-ratio R] [--max-weight-nmse 1.0] [--no-native]
+        [--weights-only]
 
 Written from the format description alone (docs/anchors gptq-format.md), sharing no code with
 our packer: reads OUT_DIR's safetensors, unpacks qweight/qzeros for 2/3/4/8 bits as one
@@ -44,7 +45,10 @@ def load_tensors(out_dir):
     if os.path.exists(index_path):
         with open(index_path) as f:
             weight_map = json.load(f)["weight_map"]
-    from safetensors.torch import load_file
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        load_file = read_safetensors
 
     tensors = {}
     for path in files:
@@ -57,6 +61,28 @@ def load_tensors(out_dir):
     if weight_map is not None and set(weight_map) != set(tensors):
         die("index weight_map does not match the shards' tensors")
     return tensors
+
+
+def read_safetensors(path):
+    """Fallback reader (json + struct) when the safetensors package is absent."""
+    import struct
+
+    dtypes = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32,
+              "I32": torch.int32}
+    with open(path, "rb") as f:
+        data = f.read()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = info["data_offsets"]
+        raw = bytearray(data[8 + n + begin : 8 + n + end])
+        t = torch.frombuffer(raw, dtype=dtypes[info["dtype"]]) if raw else \
+            torch.empty(0, dtype=dtypes[info["dtype"]])
+        out[name] = t.reshape(info["shape"])
+    return out
 
 
 def unpack_bitstream(words, bits, count, dim):
@@ -159,6 +185,32 @@ def load_model(path, device):
     return model.to(device).eval()
 
 
+def weights_only(args):
+    with open(os.path.join(args.out_dir, "quantize_config.json")) as f:
+        qcfg = json.load(f)
+    tensors = load_tensors(args.out_dir)
+    orig = load_tensors(args.orig_model_dir)
+    prefixes = sorted(k[: -len(".qweight")] for k in tensors if k.endswith(".qweight"))
+    if not prefixes:
+        die("no .qweight tensors: not a GPTQ checkpoint")
+    nmse = {}
+    for prefix in prefixes:
+        w = dequantize(prefix, tensors, qcfg)
+        o = orig.get(prefix + ".weight")
+        if o is None or tuple(o.shape) != tuple(w.shape):
+            die(f"{prefix}: no original weight of shape {tuple(w.shape)}")
+        o = o.float()
+        nmse[prefix] = ((w - o).pow(2).sum() / o.pow(2).sum()).item()
+    worst = max(nmse, key=nmse.get)
+    print(json.dumps({"out_dir": args.out_dir, "quantize_config": qcfg,
+                      "num_quantized_modules": len(prefixes),
+                      "weight_nmse": {"mean": sum(nmse.values()) / len(nmse),
+                                      "max": nmse[worst], "max_module": worst,
+                                      "per_module": nmse}}, indent=2))
+    if nmse[worst] > args.max_weight_nmse:
+        die(f"weight nmse {nmse[worst]:.4g} of {worst} > {args.max_weight_nmse} (unpacking wrong?)")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out_dir")
@@ -169,6 +221,9 @@ def main():
     ap.add_argument("--max-ppl-ratio", type=float, default=None)
     ap.add_argument("--max-weight-nmse", type=float, default=1.0)
     ap.add_argument("--no-native", action="store_true")
+    ap.add_argument("--weights-only", action="store_true",
+                    help="no transformers, no perplexity: only dequantize every module and "
+                         "report its nmse against ORIG_MODEL_DIR's safetensors weights")
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -183,7 +238,18 @@ def main():
         die(f"unexpected quantize_config {qcfg}")
     if not qcfg["sym"] and qcfg.get("checkpoint_format") != "gptq_v2":
         die("sym=false in a v1 (gptq) checkpoint")
+    with open(os.path.join(args.orig_model_dir, "config.json")) as f:
+        orig_config = json.load(f)
+    ignored = {"quantization_config", "torch_dtype", "dtype", "transformers_version"}
+    for key in sorted(set(orig_config) | set(config)):
+        if key not in ignored and orig_config.get(key) != config.get(key):
+            die(f"config.json[{key!r}] = {config.get(key)!r}, original has {orig_config.get(key)!r}")
+    if config.get("torch_dtype", config.get("dtype")) != "float16":
+        die(f"config.json torch_dtype is {config.get('torch_dtype')!r}, expected 'float16'")
 
+    if args.weights_only:
+        weights_only(args)
+        return
     with open(args.text_file, encoding="utf-8") as f:
         text = f.read()
     ids, tokenizer_kind = tokenize(args.out_dir, text)

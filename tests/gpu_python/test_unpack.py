@@ -14,7 +14,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from check_gptq_checkpoint import unpack_bitstream  # noqa: E402
+from check_gptq_checkpoint import dequantize, unpack_bitstream  # noqa: E402
 
 
 def to_int32(u):
@@ -66,6 +66,36 @@ def main():
         if not torch.equal(got, torch.tensor(codes, dtype=torch.int32)):
             print(f"FAIL: qzeros unpack, {bits} bits", file=sys.stderr)
             sys.exit(1)
+    # dequantize(): w[n, k] = scale[g_idx[k], n] * (q[k, n] - z[g_idx[k], n]), v1 and v2, with
+    # an act-order (non-monotonic) g_idx.
+    for bits in (2, 3, 4, 8):
+        for fmt in ("gptq", "gptq_v2"):
+            k, n, gs = 64, 32, 16
+            groups = k // gs
+            perm = list(range(k))
+            rng.shuffle(perm)
+            g_idx = [perm.index(i) // gs for i in range(k)]
+            codes = [[rng.randrange(1 << bits) for _ in range(n)] for _ in range(k)]
+            zeros = [[rng.randrange(1, 1 << bits) for _ in range(n)] for _ in range(groups)]
+            scales = torch.rand(groups, n).half() + 0.01
+            stored = [[z - 1 if fmt == "gptq" else z for z in row] for row in zeros]
+            cols = [pack_column([codes[r][c] for r in range(k)], bits) for c in range(n)]
+            tensors = {
+                "m.qweight": torch.tensor([[cols[c][r] for c in range(n)]
+                                           for r in range(len(cols[0]))], dtype=torch.int32),
+                "m.qzeros": torch.tensor([pack_column(row, bits) for row in stored],
+                                         dtype=torch.int32),
+                "m.scales": scales,
+                "m.g_idx": torch.tensor(g_idx, dtype=torch.int32),
+            }
+            qcfg = {"bits": bits, "group_size": gs, "checkpoint_format": fmt, "desc_act": True,
+                    "static_groups": False}
+            got = dequantize("m", tensors, qcfg)
+            want = torch.tensor([[float(scales[g_idx[kk], nn]) * (codes[kk][nn] - zeros[g_idx[kk]][nn])
+                                  for kk in range(k)] for nn in range(n)])
+            if not torch.allclose(got, want, rtol=0, atol=1e-6):
+                print(f"FAIL: dequantize {bits} bits {fmt}", file=sys.stderr)
+                sys.exit(1)
     z = unpack_bitstream(torch.tensor([[0x77777777]], dtype=torch.int32), 4, 8, dim=1) + 1
     if not torch.equal(z, torch.full((1, 8), 8, dtype=torch.int32)):
         print("FAIL: v1 symmetric zeros", file=sys.stderr)

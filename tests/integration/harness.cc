@@ -377,6 +377,26 @@ absl::StatusOr<std::vector<gptq::v1::JobEvent>> WatchAll(
   return events;
 }
 
+bool WaitForModuleProgress(gptq::v1::QuantizationService::Stub& stub, const std::string& id,
+                           std::chrono::seconds timeout) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + timeout);
+  gptq::v1::WatchJobRequest req;
+  req.set_id(id);
+  auto reader = stub.WatchJob(&ctx, req);
+  gptq::v1::JobEvent e;
+  bool found = false;
+  while (reader->Read(&e)) {
+    if (e.has_module_progress()) {
+      found = true;
+      break;
+    }
+  }
+  ctx.TryCancel();
+  reader->Finish();
+  return found;
+}
+
 std::vector<int32_t> PseudoRandomTokens(int n, int lo, int hi, uint64_t seed) {
   std::mt19937_64 rng(seed);
   std::vector<int32_t> ids(n);

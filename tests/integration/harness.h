@@ -157,6 +157,11 @@ absl::StatusOr<std::vector<gptq::v1::JobEvent>> WatchAll(
     gptq::v1::QuantizationService::Stub& stub, const std::string& id,
     std::chrono::seconds timeout);
 
+// Follows WatchJob until the first ModuleProgress event (true) or the end of the stream /
+// `timeout` (false): "mid-job" for crash tests.
+bool WaitForModuleProgress(gptq::v1::QuantizationService::Stub& stub, const std::string& id,
+                           std::chrono::seconds timeout);
+
 // Deterministic pseudo-random token ids in [lo, hi) (calibration for models without a
 // tokenizer).
 std::vector<int32_t> PseudoRandomTokens(int n, int lo, int hi, uint64_t seed);

@@ -44,15 +44,13 @@ class RecoveryTest : public ::testing::Test {
     return job;
   }
 
-  // Waits until the job is RUNNING and has made some progress (mid-job).
+  // Waits until the job has quantized its first module (mid-job); returns the job then.
   absl::StatusOr<Job> WaitMidJob(const std::string& id) {
-    return WaitForJob(
-        server_->stub(), id,
-        [](const Job& j) {
-          return IsTerminal(j.state()) ||
-                 (j.state() == gptq::v1::JOB_STATE_RUNNING && j.progress().fraction() > 0.0);
-        },
-        std::chrono::seconds(120));
+    if (!WaitForModuleProgress(server_->stub(), id, std::chrono::seconds(120))) {
+      return absl::DeadlineExceededError("no module progress within 120 s");
+    }
+    return WaitForJob(server_->stub(), id, [](const Job&) { return true; },
+                      std::chrono::seconds(10));
   }
 
   // Checks the finished job: SUCCEEDED, its files exactly the reported ones, nothing else

@@ -398,10 +398,12 @@ void WorkerAgent::HandleLease(const wv1::Lease& lease) {
                                      lease.attempt())));
   const absl::Time start = absl::Now();
   std::string output_dir;
+  std::string model_dir_used;
   bool output_existed = true;
   absl::StatusOr<runtime::QuantizeReport> result = [&]() -> absl::StatusOr<runtime::QuantizeReport> {
     absl::StatusOr<std::string> model_dir = ResolveModel(lease, *job);
     if (!model_dir.ok()) return model_dir.status();
+    model_dir_used = *model_dir;
     if (!lease.output_dir().empty()) {
       output_dir = lease.output_dir();
     } else {
@@ -466,7 +468,7 @@ void WorkerAgent::HandleLease(const wv1::Lease& lease) {
     if (job->cancel_requested.load()) {
       status = absl::CancelledError(absl::StrCat("cancelled on request after ", seconds, " s"));
     }
-    *req.mutable_error() = StatusToJobError(status);
+    *req.mutable_error() = StatusToJobError(status, model_dir_used);
     GPTQ_AGENT_LOG(kInfo, "job ", job->job_id, ": ended with ", status.ToString());
   }
   Finish(*job, req);

@@ -294,10 +294,17 @@ v1::JobResults ReportToResults(const runtime::QuantizeReport& report, double wal
   return r;
 }
 
-v1::JobError StatusToJobError(const absl::Status& status) {
+v1::JobError StatusToJobError(const absl::Status& status, const std::string& model_dir) {
   v1::JobError e;
   absl::StatusCode code = status.code();
   if (code == absl::StatusCode::kNotFound) code = absl::StatusCode::kFailedPrecondition;
+  if (code == absl::StatusCode::kInvalidArgument && !model_dir.empty()) {
+    std::string dir = model_dir;
+    while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+    if (absl::StrContains(status.message(), dir + "/")) {
+      code = absl::StatusCode::kFailedPrecondition;
+    }
+  }
   if (code == absl::StatusCode::kOk) code = absl::StatusCode::kInternal;
   e.set_code(static_cast<int>(code));
   e.set_message(status.message().empty() ? absl::StatusCodeToString(status.code())

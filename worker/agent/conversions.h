@@ -47,9 +47,11 @@ gptq::v1::JobResults ReportToResults(const runtime::QuantizeReport& report,
                                      double wall_seconds);
 
 // The JobError for a failed run. The code follows the status, except that NotFound (a model
-// or data file missing) becomes FAILED_PRECONDITION (the job cannot run as specified), and
-// OK (never expected) becomes INTERNAL.
-gptq::v1::JobError StatusToJobError(const absl::Status& status);
+// or data file missing) becomes FAILED_PRECONDITION (the job cannot run as specified), as does
+// InvalidArgument whose message names a file under `model_dir` (the loader rejecting the
+// model's config.json or tensors: a bad model, not a bad request), and OK (never expected)
+// becomes INTERNAL.
+gptq::v1::JobError StatusToJobError(const absl::Status& status, const std::string& model_dir = "");
 
 }  // namespace gptq::agent
 

@@ -282,6 +282,15 @@ TEST(StatusToJobErrorTest, MapsCodes) {
   EXPECT_EQ(StatusToJobError(absl::CancelledError("cancelled")).code(), 1);
   EXPECT_EQ(StatusToJobError(absl::InvalidArgumentError("x")).code(), 3);
   EXPECT_EQ(StatusToJobError(absl::OkStatus()).code(), 13);
+  // The loader rejecting a file of the model: a bad model, FAILED_PRECONDITION.
+  const absl::Status bad_config =
+      absl::InvalidArgumentError("/m/llama/config.json: missing \"architectures\"");
+  EXPECT_EQ(StatusToJobError(bad_config, "/m/llama").code(), 9);
+  EXPECT_EQ(StatusToJobError(bad_config, "/m/llama/").code(), 9);
+  EXPECT_EQ(StatusToJobError(bad_config, "/m/llama").message(), bad_config.message());
+  EXPECT_EQ(StatusToJobError(bad_config, "/m/other").code(), 3);
+  EXPECT_EQ(StatusToJobError(bad_config, "/m/llam").code(), 3);
+  EXPECT_EQ(StatusToJobError(bad_config).code(), 3);
 }
 
 TEST(LocalPathFromUriTest, Forms) {

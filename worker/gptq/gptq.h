@@ -23,7 +23,9 @@ struct QuantConfig {
   bool sym = true;                    // symmetric grid: zero = 2^(bits-1)
   bool desc_act = false;              // act-order permutation by decreasing diag(H)
   bool static_groups = false;         // with desc_act: grids fixed before permuting
-  bool act_group_aware = false;       // GPTQModel's group-aware reordering (g_idx stays trivial)
+  bool act_group_aware = false;       // GPTQModel's group-aware reordering (g_idx stays trivial);
+                                      // ignored when desc_act is set (desc_act wins, as in
+                                      // GPTQModel and optimum)
   double damp_percent = 0.1;          // in (0, 1): damp = damp_percent * mean(diag(H))
   double damp_auto_increment = 0.01;  // in (0, 1): step while H + damp is not PD, until damp >= 1
   int block_size = 128;               // lazy-batch block width (columns)
@@ -71,8 +73,18 @@ struct QuantizedWeight {
 
 // GPTQ for one weight. weight: [N, K] float, any device; hessian: [K, K] fp32 (from a
 // HessianAccumulator; several modules that share an input may pass the same one; it is not
-// modified). Never throws; a Hessian that stays non-PD gives an RTN result with
-// rtn_fallback = true.
+// modified) on the weight's device (InvalidArgument otherwise). Never throws; a Hessian that
+// stays non-PD (or non-finite) gives an RTN result with rtn_fallback = true and damp_used =
+// the first damp >= 1 reached. Computes in fp32 (fp16/bf16/fp32 weights) or in fp64 (fp64
+// weights, used by the tests to compare with the fp64 reference twin); outputs are always the
+// dtypes documented on QuantizedWeight.
+//
+// Semantics (see gptq.cc): dead inputs (diag H = 0) get H[i,i] = 1 and W[:, i] = 0; grids
+// of dynamic groups are computed from the fully updated columns when the group starts;
+// desc_act orders columns by a stable argsort of diag(H), descending; static_groups computes
+// every group's grid from the original column order first (g_idx = k // group_size);
+// act_group_aware sorts columns inside each group and whole groups by their largest diag(H)
+// (a partial last group is a group like the others), g_idx = k // group_size.
 absl::StatusOr<QuantizedWeight> QuantizeGptq(const torch::Tensor& weight,
                                              const torch::Tensor& hessian,
                                              const QuantConfig& config);

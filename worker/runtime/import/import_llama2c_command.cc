@@ -17,7 +17,8 @@ namespace {
 constexpr char kUsage[] =
     "usage: gptq-worker import-llama2c --model MODEL.bin --output DIR [--tokenizer "
     "TOKENIZER.bin] [--max-shard-bytes N]\n"
-    "  Converts a llama2.c (legacy version-0) model.bin into a Hugging Face Llama checkpoint\n"
+    "  Converts a llama2.c model.bin (float32: legacy version 0 or version 1) into a Hugging\n"
+    "  Face Llama checkpoint"
     "  (config.json, model.safetensors in float32, and with --tokenizer: tokenizer.model,\n"
     "  tokenizer_config.json, special_tokens_map.json). DIR must not exist or be empty.\n";
 

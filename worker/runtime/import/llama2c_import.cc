@@ -16,7 +16,8 @@
 namespace gptq::runtime {
 namespace {
 
-constexpr size_t kHeaderBytes = 7 * sizeof(int32_t);
+constexpr size_t kLegacyHeaderBytes = 7 * sizeof(int32_t);
+constexpr size_t kVersionedHeaderBytes = 256;
 constexpr int32_t kMaxDim = 1 << 24;
 constexpr int32_t kMaxLayers = 1 << 12;
 constexpr uint32_t kLlama2cMagic = 0x616b3432;  // "ak42", llama2.c export versions >= 1
@@ -32,10 +33,10 @@ struct FileCloser {
 using FilePtr = std::unique_ptr<std::FILE, FileCloser>;
 
 // Reads `count` floats at float index `offset` of the data section (after the header).
-absl::Status ReadFloats(std::FILE* file, const std::string& path, uint64_t offset,
-                        uint64_t count, std::vector<float>* out) {
+absl::Status ReadFloats(std::FILE* file, const std::string& path, uint64_t header_bytes,
+                        uint64_t offset, uint64_t count, std::vector<float>* out) {
   out->resize(count);
-  if (::fseeko(file, static_cast<off_t>(kHeaderBytes + offset * sizeof(float)), SEEK_SET) != 0) {
+  if (::fseeko(file, static_cast<off_t>(header_bytes + offset * sizeof(float)), SEEK_SET) != 0) {
     return absl::InternalError(absl::StrCat("cannot seek in ", path, ": ", std::strerror(errno)));
   }
   if (std::fread(out->data(), sizeof(float), count, file) != count) {
@@ -54,46 +55,104 @@ TensorView F32View(std::string name, std::vector<int64_t> shape, const std::vect
 
 }  // namespace
 
-uint64_t Llama2cConfig::ExpectedFileBytes() const {
-  const uint64_t d = dim, h = hidden_dim, l = n_layers, v = vocab_size, s = seq_len;
+uint64_t Llama2cConfig::header_bytes() const {
+  return version == 0 ? kLegacyHeaderBytes : kVersionedHeaderBytes;
+}
+
+Llama2cLayout Llama2cConfig::Layout() const {
+  const uint64_t d = dim, h = hidden_dim, l = n_layers, v = vocab_size;
   const uint64_t kv = static_cast<uint64_t>(kv_dim());
-  const uint64_t hd = static_cast<uint64_t>(head_dim());
-  uint64_t floats = v * d                       // token_embedding_table
-                    + l * d                     // rms_att_weight
-                    + l * d * d                 // wq
-                    + 2 * l * kv * d            // wk, wv
-                    + l * d * d                 // wo
-                    + l * d                     // rms_ffn_weight
-                    + 3 * l * h * d             // w1, w2, w3
-                    + d                         // rms_final_weight
-                    + 2 * s * (hd / 2);         // freq_cis_real, freq_cis_imag
-  if (!shared_classifier) floats += v * d;      // wcls
-  return kHeaderBytes + floats * sizeof(float);
+  Llama2cLayout o;
+  uint64_t next = 0;
+  auto take = [&next](uint64_t* field, uint64_t count) {
+    *field = next;
+    next += count;
+  };
+  if (version == 0) {
+    // legacy_export: embeddings, then per kind all layers, final norm, freq_cis, [wcls].
+    take(&o.token_embedding, v * d);
+    take(&o.rms_att, l * d);
+    take(&o.wq, l * d * d);
+    take(&o.wk, l * kv * d);
+    take(&o.wv, l * kv * d);
+    take(&o.wo, l * d * d);
+    take(&o.rms_ffn, l * d);
+    take(&o.w1, l * h * d);
+    take(&o.w2, l * d * h);
+    take(&o.w3, l * h * d);
+    take(&o.rms_final, d);
+    uint64_t freqs = 0;
+    take(&freqs, 2 * static_cast<uint64_t>(seq_len) * static_cast<uint64_t>(head_dim() / 2));
+  } else {
+    // version1_export: the norms first, then embeddings and the matrices; no freq_cis.
+    take(&o.rms_att, l * d);
+    take(&o.rms_ffn, l * d);
+    take(&o.rms_final, d);
+    take(&o.token_embedding, v * d);
+    take(&o.wq, l * d * d);
+    take(&o.wk, l * kv * d);
+    take(&o.wv, l * kv * d);
+    take(&o.wo, l * d * d);
+    take(&o.w1, l * h * d);
+    take(&o.w2, l * d * h);
+    take(&o.w3, l * h * d);
+  }
+  o.wcls = next;
+  if (!shared_classifier) next += v * d;
+  o.total_floats = next;
+  return o;
+}
+
+uint64_t Llama2cConfig::ExpectedFileBytes() const {
+  return header_bytes() + Layout().total_floats * sizeof(float);
 }
 
 absl::StatusOr<Llama2cConfig> ParseLlama2cHeader(const void* header, size_t size,
                                                  const std::string& what) {
-  if (size < kHeaderBytes) {
+  if (size < kLegacyHeaderBytes) {
     return absl::InvalidArgumentError(absl::StrCat(
         "llama2.c model ", what, ": ", size, " bytes, shorter than the 28-byte config header"));
   }
   const uint8_t* p = static_cast<const uint8_t*>(header);
-  if (static_cast<uint32_t>(ReadInt32Le(p)) == kLlama2cMagic) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "llama2.c model ", what, ": starts with magic \"ak42\" (export version ",
-        ReadInt32Le(p + 4),
-        "); only the legacy version-0 format (export.py --version 0 / run.c's model.bin) is "
-        "supported"));
-  }
   Llama2cConfig c;
+  int32_t vocab = 0;
+  if (static_cast<uint32_t>(ReadInt32Le(p)) == kLlama2cMagic) {
+    // export.py version1_export: magic, version, the 7 ints, uint8 shared_classifier, zero
+    // padding to 256 bytes.
+    c.version = ReadInt32Le(p + 4);
+    if (c.version != 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "llama2.c model ", what, ": export version ", c.version,
+          " is not supported (only the float32 formats: legacy version 0 and version 1; "
+          "version 2 is int8 Q8_0)"));
+    }
+    if (size < kVersionedHeaderBytes) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "llama2.c model ", what, ": ", size, " bytes, shorter than the 256-byte version-1 "
+          "header"));
+    }
+    p += 8;
+    vocab = ReadInt32Le(p + 20);
+    if (vocab < 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "llama2.c model ", what, ": version-1 header has a negative vocab_size ", vocab));
+    }
+    const int shared = p[28];
+    if (shared > 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "llama2.c model ", what, ": version-1 shared_classifier flag is ", shared));
+    }
+    c.shared_classifier = shared == 1;
+  } else {
+    vocab = ReadInt32Le(p + 20);
+    c.shared_classifier = vocab > 0;  // the legacy format's sign convention
+  }
   c.dim = ReadInt32Le(p);
   c.hidden_dim = ReadInt32Le(p + 4);
   c.n_layers = ReadInt32Le(p + 8);
   c.n_heads = ReadInt32Le(p + 12);
   c.n_kv_heads = ReadInt32Le(p + 16);
-  const int32_t vocab = ReadInt32Le(p + 20);
   c.seq_len = ReadInt32Le(p + 24);
-  c.shared_classifier = vocab > 0;
   c.vocab_size = vocab == INT32_MIN ? 0 : (vocab < 0 ? -vocab : vocab);
   const std::pair<const char*, int32_t> fields[] = {
       {"dim", c.dim}, {"hidden_dim", c.hidden_dim}, {"n_layers", c.n_layers},
@@ -184,8 +243,8 @@ absl::StatusOr<std::vector<WrittenFile>> ImportLlama2c(const ImportLlama2cOption
         absl::StrCat("cannot open llama2.c model ", path, ": ", std::strerror(errno));
     return errno == ENOENT ? absl::NotFoundError(message) : absl::InternalError(message);
   }
-  uint8_t header[kHeaderBytes];
-  const size_t got = std::fread(header, 1, kHeaderBytes, file.get());
+  uint8_t header[kVersionedHeaderBytes];
+  const size_t got = std::fread(header, 1, sizeof(header), file.get());
   GPTQ_ASSIGN_OR_RETURN(const Llama2cConfig c, ParseLlama2cHeader(header, got, path));
   if (::fseeko(file.get(), 0, SEEK_END) != 0) {
     return absl::InternalError(absl::StrCat("cannot seek in ", path));
@@ -197,7 +256,7 @@ absl::StatusOr<std::vector<WrittenFile>> ImportLlama2c(const ImportLlama2cOption
         ", hidden_dim ", c.hidden_dim, ", n_layers ", c.n_layers, ", n_heads ", c.n_heads,
         ", n_kv_heads ", c.n_kv_heads, ", vocab_size ", c.vocab_size,
         c.shared_classifier ? ", shared" : ", unshared", " classifier, seq_len ", c.seq_len,
-        ") implies ", c.ExpectedFileBytes(), " (legacy version-0 float32 layout)"));
+        ") implies ", c.ExpectedFileBytes(), " (version-", c.version, " float32 layout)"));
   }
 
   // The tokenizer first: a bad tokenizer.bin fails before anything is written.
@@ -214,23 +273,9 @@ absl::StatusOr<std::vector<WrittenFile>> ImportLlama2c(const ImportLlama2cOption
   GPTQ_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointWriter> writer,
                         CheckpointWriter::Create(writer_options));
 
-  // Float offsets of each array in the data section.
-  const uint64_t d = c.dim, h = c.hidden_dim, l = c.n_layers, v = c.vocab_size;
+  const Llama2cLayout at = c.Layout();
+  const uint64_t d = c.dim, h = c.hidden_dim, l = c.n_layers;
   const uint64_t kv = static_cast<uint64_t>(c.kv_dim());
-  const uint64_t emb = 0;
-  const uint64_t rms_att = emb + v * d;
-  const uint64_t wq = rms_att + l * d;
-  const uint64_t wk = wq + l * d * d;
-  const uint64_t wv = wk + l * kv * d;
-  const uint64_t wo = wv + l * kv * d;
-  const uint64_t rms_ffn = wo + l * d * d;
-  const uint64_t w1 = rms_ffn + l * d;
-  const uint64_t w2 = w1 + l * h * d;
-  const uint64_t w3 = w2 + l * d * h;
-  const uint64_t rms_final = w3 + l * h * d;
-  const uint64_t freqs = rms_final + d;
-  const uint64_t wcls = freqs + 2 * static_cast<uint64_t>(c.seq_len) * (c.head_dim() / 2);
-
   const int64_t di = c.dim, hi = c.hidden_dim, kvi = c.kv_dim(), vi = c.vocab_size;
   std::vector<float> buffer;
   // Tensors in the order of the reference conversion's file.
@@ -238,28 +283,28 @@ absl::StatusOr<std::vector<WrittenFile>> ImportLlama2c(const ImportLlama2cOption
                  int64_t permute_heads) -> absl::Status {
     uint64_t count = 1;
     for (int64_t s : shape) count *= static_cast<uint64_t>(s);
-    GPTQ_RETURN_IF_ERROR(ReadFloats(file.get(), path, offset, count, &buffer));
+    GPTQ_RETURN_IF_ERROR(ReadFloats(file.get(), path, c.header_bytes(), offset, count, &buffer));
     if (permute_heads > 0) {
       buffer = PermuteQkRowsToHf(buffer.data(), shape[0], shape[1], permute_heads);
     }
     return writer->AddTensor(F32View(name, std::move(shape), buffer));
   };
-  GPTQ_RETURN_IF_ERROR(add("model.embed_tokens.weight", {vi, di}, emb, 0));
+  GPTQ_RETURN_IF_ERROR(add("model.embed_tokens.weight", {vi, di}, at.token_embedding, 0));
   for (uint64_t i = 0; i < l; ++i) {
     const std::string p = absl::StrCat("model.layers.", i, ".");
-    GPTQ_RETURN_IF_ERROR(add(p + "input_layernorm.weight", {di}, rms_att + i * d, 0));
-    GPTQ_RETURN_IF_ERROR(add(p + "self_attn.q_proj.weight", {di, di}, wq + i * d * d, c.n_heads));
+    GPTQ_RETURN_IF_ERROR(add(p + "input_layernorm.weight", {di}, at.rms_att + i * d, 0));
+    GPTQ_RETURN_IF_ERROR(add(p + "self_attn.q_proj.weight", {di, di}, at.wq + i * d * d, c.n_heads));
     GPTQ_RETURN_IF_ERROR(
-        add(p + "self_attn.k_proj.weight", {kvi, di}, wk + i * kv * d, c.n_kv_heads));
-    GPTQ_RETURN_IF_ERROR(add(p + "self_attn.v_proj.weight", {kvi, di}, wv + i * kv * d, 0));
-    GPTQ_RETURN_IF_ERROR(add(p + "self_attn.o_proj.weight", {di, di}, wo + i * d * d, 0));
-    GPTQ_RETURN_IF_ERROR(add(p + "post_attention_layernorm.weight", {di}, rms_ffn + i * d, 0));
-    GPTQ_RETURN_IF_ERROR(add(p + "mlp.gate_proj.weight", {hi, di}, w1 + i * h * d, 0));
-    GPTQ_RETURN_IF_ERROR(add(p + "mlp.down_proj.weight", {di, hi}, w2 + i * d * h, 0));
-    GPTQ_RETURN_IF_ERROR(add(p + "mlp.up_proj.weight", {hi, di}, w3 + i * h * d, 0));
+        add(p + "self_attn.k_proj.weight", {kvi, di}, at.wk + i * kv * d, c.n_kv_heads));
+    GPTQ_RETURN_IF_ERROR(add(p + "self_attn.v_proj.weight", {kvi, di}, at.wv + i * kv * d, 0));
+    GPTQ_RETURN_IF_ERROR(add(p + "self_attn.o_proj.weight", {di, di}, at.wo + i * d * d, 0));
+    GPTQ_RETURN_IF_ERROR(add(p + "post_attention_layernorm.weight", {di}, at.rms_ffn + i * d, 0));
+    GPTQ_RETURN_IF_ERROR(add(p + "mlp.gate_proj.weight", {hi, di}, at.w1 + i * h * d, 0));
+    GPTQ_RETURN_IF_ERROR(add(p + "mlp.down_proj.weight", {di, hi}, at.w2 + i * d * h, 0));
+    GPTQ_RETURN_IF_ERROR(add(p + "mlp.up_proj.weight", {hi, di}, at.w3 + i * h * d, 0));
   }
-  GPTQ_RETURN_IF_ERROR(add("model.norm.weight", {di}, rms_final, 0));
-  if (!c.shared_classifier) GPTQ_RETURN_IF_ERROR(add("lm_head.weight", {vi, di}, wcls, 0));
+  GPTQ_RETURN_IF_ERROR(add("model.norm.weight", {di}, at.rms_final, 0));
+  if (!c.shared_classifier) GPTQ_RETURN_IF_ERROR(add("lm_head.weight", {vi, di}, at.wcls, 0));
 
   if (!tokenizer_model.empty()) {
     GPTQ_RETURN_IF_ERROR(writer->AddFile("tokenizer.model", tokenizer_model));

@@ -1,5 +1,8 @@
 // Import of Karpathy's llama2.c checkpoints (legacy "version 0" model.bin, as written by
-// llama2.c's export.py `legacy_export` / the original train.py) into a Hugging Face Llama
+// llama2.c's export.py `legacy_export` / the original train.py, and float32 "version 1",
+// `version1_export`: a 256-byte header {uint32 magic "ak42", int32 version, the same 7 int32,
+// uint8 shared_classifier, zeros} then the norms (rms_att, rms_ffn, rms_final), the embedding
+// and the matrices in the order below, no freq_cis, [wcls]) into a Hugging Face Llama
 // checkpoint directory: config.json, model.safetensors (float32, same tensor names, order and
 // bits as the HF conversion), and — from llama2.c's tokenizer.bin — tokenizer.model plus
 // tokenizer_config.json / special_tokens_map.json / generation_config.json.
@@ -27,7 +30,15 @@
 
 namespace gptq::runtime {
 
+// Float offsets of each array in a model file's data section (after the header).
+struct Llama2cLayout {
+  uint64_t token_embedding = 0, rms_att = 0, wq = 0, wk = 0, wv = 0, wo = 0, rms_ffn = 0;
+  uint64_t w1 = 0, w2 = 0, w3 = 0, rms_final = 0, wcls = 0;
+  uint64_t total_floats = 0;
+};
+
 struct Llama2cConfig {
+  int32_t version = 0;             // 0: legacy 28-byte header; 1: "ak42" 256-byte header
   int32_t dim = 0;
   int32_t hidden_dim = 0;
   int32_t n_layers = 0;
@@ -39,13 +50,15 @@ struct Llama2cConfig {
 
   int64_t head_dim() const { return dim / n_heads; }
   int64_t kv_dim() const { return int64_t{n_kv_heads} * head_dim(); }
+  uint64_t header_bytes() const;    // 28 (version 0) or 256 (version 1)
+  Llama2cLayout Layout() const;
   // The exact model.bin size this config implies (header + all float32 arrays).
   uint64_t ExpectedFileBytes() const;
 };
 
-// Parses and validates the 28-byte header (`what` names the file in messages). InvalidArgument
-// for non-positive fields, dim % n_heads != 0, n_heads % n_kv_heads != 0, an odd head size,
-// or a newer llama2.c format (magic "ak42"), which this import does not read.
+// Parses and validates the header (28 bytes for version 0, 256 for version 1; `what` names the
+// file in messages). InvalidArgument for non-positive fields, dim % n_heads != 0,
+// n_heads % n_kv_heads != 0, an odd head size, or export version 2 (int8), not read here.
 absl::StatusOr<Llama2cConfig> ParseLlama2cHeader(const void* header, size_t size,
                                                  const std::string& what);
 

@@ -131,9 +131,22 @@ TEST(ParseLlama2cHeaderTest, ValidatesFields) {
   h = header({288, 0, 6, 6, 6, 32000, 256});
   EXPECT_THAT(ParseLlama2cHeader(h.data(), h.size(), "m.bin").status().message(),
               HasSubstr("hidden_dim = 0"));
-  h = header({0x616b3432, 1, 6, 6, 6, 32000, 256});
+  h = header({0x616b3432, 2, 288, 768, 6, 6, 6, 32000, 256});
   EXPECT_THAT(ParseLlama2cHeader(h.data(), h.size(), "m.bin").status().message(),
-              HasSubstr("only the legacy version-0 format"));
+              HasSubstr("export version 2 is not supported"));
+  h = header({0x616b3432, 1, 288, 768, 6, 6, 6, 32000, 256});
+  EXPECT_THAT(ParseLlama2cHeader(h.data(), h.size(), "m.bin").status().message(),
+              HasSubstr("shorter than the 256-byte version-1 header"));
+  h.resize(256, '\0');
+  h[36] = 1;  // shared classifier
+  c = ParseLlama2cHeader(h.data(), h.size(), "m.bin");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->version, 1);
+  EXPECT_TRUE(c->shared_classifier);
+  EXPECT_EQ(c->ExpectedFileBytes(), 60816028u - 28 + 256 - 4 * 2 * 256 * 24);  // no freq_cis
+  h[36] = 7;
+  EXPECT_THAT(ParseLlama2cHeader(h.data(), h.size(), "m.bin").status().message(),
+              HasSubstr("shared_classifier flag is 7"));
   h = header({63, 768, 6, 3, 3, 32000, 256});
   EXPECT_THAT(ParseLlama2cHeader(h.data(), h.size(), "m.bin").status().message(),
               HasSubstr("head size 21 is odd"));
@@ -167,39 +180,75 @@ void ExpectSameTensors(const TensorSet& got, const TensorSet& want) {
   EXPECT_EQ(got.tensors.size(), want.tensors.size());
 }
 
-// Writes a legacy llama2.c model.bin from an HF checkpoint with export.py's inverse mapping
-// (permute_reverse for wq/wk), plus `wcls` when given (unshared classifier).
+// Writes a llama2.c model.bin (`version` 0: export.py legacy_export, 1: version1_export) from
+// an HF checkpoint with export.py's inverse mapping (permute_reverse for wq/wk), plus `wcls`
+// when given (unshared classifier).
 void WriteModelBin(const std::string& path, const SafetensorsFile& hf, const Llama2cConfig& c,
-                   const std::vector<float>* wcls) {
+                   const std::vector<float>* wcls, int version) {
   std::ofstream out(path, std::ios::binary);
-  const int32_t header[7] = {c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads,
-                             wcls != nullptr ? -c.vocab_size : c.vocab_size, c.seq_len};
-  out.write(reinterpret_cast<const char*>(header), sizeof(header));
+  auto put_ints = [&out](std::vector<int32_t> v) {
+    out.write(reinterpret_cast<const char*>(v.data()), v.size() * 4);
+  };
+  if (version == 0) {
+    put_ints({c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads,
+              wcls != nullptr ? -c.vocab_size : c.vocab_size, c.seq_len});
+  } else {
+    put_ints({0x616b3432, 1, c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads,
+              c.vocab_size, c.seq_len});
+    std::string rest(256 - 36, '\0');
+    rest[0] = wcls == nullptr ? 1 : 0;
+    out.write(rest.data(), rest.size());
+  }
   auto put = [&out](const std::vector<float>& v) {
     out.write(reinterpret_cast<const char*>(v.data()), v.size() * 4);
   };
   auto tensor = [&hf](const std::string& name) { return Floats(hf.Data(name)); };
-  auto layer = [](int i, const char* suffix) {
-    return "model.layers." + std::to_string(i) + "." + suffix;
+  auto layers = [&](const char* suffix) {
+    for (int i = 0; i < c.n_layers; ++i) {
+      std::vector<float> w = tensor("model.layers." + std::to_string(i) + "." + suffix);
+      if (std::string(suffix) == "self_attn.q_proj.weight") {
+        w = PermuteReverse(w, c.n_heads, c.dim, c.dim);
+      } else if (std::string(suffix) == "self_attn.k_proj.weight") {
+        w = PermuteReverse(w, c.n_kv_heads, c.kv_dim(), c.dim);
+      }
+      put(w);
+    }
   };
-  put(tensor("model.embed_tokens.weight"));
-  for (int i = 0; i < c.n_layers; ++i) put(tensor(layer(i, "input_layernorm.weight")));
-  for (int i = 0; i < c.n_layers; ++i) {
-    put(PermuteReverse(tensor(layer(i, "self_attn.q_proj.weight")), c.n_heads, c.dim, c.dim));
+  if (version == 0) {
+    put(tensor("model.embed_tokens.weight"));
+    layers("input_layernorm.weight");
+    for (const char* m : {"self_attn.q_proj.weight", "self_attn.k_proj.weight",
+                          "self_attn.v_proj.weight", "self_attn.o_proj.weight",
+                          "post_attention_layernorm.weight", "mlp.gate_proj.weight",
+                          "mlp.down_proj.weight", "mlp.up_proj.weight"}) {
+      layers(m);
+    }
+    put(tensor("model.norm.weight"));
+    put(std::vector<float>(static_cast<size_t>(2 * c.seq_len * (c.head_dim() / 2)), 0.5f));
+  } else {
+    layers("input_layernorm.weight");
+    layers("post_attention_layernorm.weight");
+    put(tensor("model.norm.weight"));
+    put(tensor("model.embed_tokens.weight"));
+    for (const char* m : {"self_attn.q_proj.weight", "self_attn.k_proj.weight",
+                          "self_attn.v_proj.weight", "self_attn.o_proj.weight",
+                          "mlp.gate_proj.weight", "mlp.down_proj.weight", "mlp.up_proj.weight"}) {
+      layers(m);
+    }
   }
-  for (int i = 0; i < c.n_layers; ++i) {
-    put(PermuteReverse(tensor(layer(i, "self_attn.k_proj.weight")), c.n_kv_heads, c.kv_dim(),
-                       c.dim));
-  }
-  for (const char* m : {"self_attn.v_proj.weight", "self_attn.o_proj.weight",
-                        "post_attention_layernorm.weight", "mlp.gate_proj.weight",
-                        "mlp.down_proj.weight", "mlp.up_proj.weight"}) {
-    for (int i = 0; i < c.n_layers; ++i) put(tensor(layer(i, m)));
-  }
-  put(tensor("model.norm.weight"));
-  std::vector<float> freqs(static_cast<size_t>(2 * c.seq_len * (c.head_dim() / 2)), 0.5f);
-  put(freqs);
   if (wcls != nullptr) put(*wcls);
+}
+
+Llama2cConfig ConfigFromHf(const nlohmann::json& hf_config) {
+  Llama2cConfig c;
+  c.dim = hf_config["hidden_size"];
+  c.hidden_dim = hf_config["intermediate_size"];
+  c.n_layers = hf_config["num_hidden_layers"];
+  c.n_heads = hf_config["num_attention_heads"];
+  c.n_kv_heads = hf_config["num_key_value_heads"];
+  c.vocab_size = hf_config["vocab_size"];
+  c.seq_len = hf_config["max_position_embeddings"];
+  return c;
 }
 
 // stories260K (GQA: 8 heads, 4 KV heads; ffn 172) round trip through a model.bin built with
@@ -213,14 +262,7 @@ TEST(ImportLlama2cTest, Stories260kGqaRoundTripWithUnsharedClassifier) {
   absl::StatusOr<SafetensorsFile> ref = ReadSafetensorsFile(ref_dir + "/model.safetensors");
   ASSERT_TRUE(ref.ok()) << ref.status();
   const nlohmann::json ref_config = nlohmann::json::parse(ReadFile(ref_dir + "/config.json"));
-  Llama2cConfig c;
-  c.dim = ref_config["hidden_size"];
-  c.hidden_dim = ref_config["intermediate_size"];
-  c.n_layers = ref_config["num_hidden_layers"];
-  c.n_heads = ref_config["num_attention_heads"];
-  c.n_kv_heads = ref_config["num_key_value_heads"];
-  c.vocab_size = ref_config["vocab_size"];
-  c.seq_len = ref_config["max_position_embeddings"];
+  const Llama2cConfig c = ConfigFromHf(ref_config);
   ASSERT_NE(c.n_heads, c.n_kv_heads);
 
   const std::string root = FreshDir();
@@ -228,7 +270,7 @@ TEST(ImportLlama2cTest, Stories260kGqaRoundTripWithUnsharedClassifier) {
   std::mt19937 rng(5);
   std::normal_distribution<float> normal;
   for (float& x : wcls) x = normal(rng);
-  WriteModelBin(root + "/model.bin", *ref, c, &wcls);
+  WriteModelBin(root + "/model.bin", *ref, c, &wcls, /*version=*/0);
 
   ImportLlama2cOptions options;
   options.model_path = root + "/model.bin";
@@ -264,6 +306,47 @@ TEST(ImportLlama2cTest, Stories260kGqaRoundTripWithUnsharedClassifier) {
   config["tie_word_embeddings"] = true;
   EXPECT_EQ(config, ref_config);
   EXPECT_FALSE(fs::exists(options.output_dir + "/tokenizer.model"));
+}
+
+// The same model in export.py's version-1 layout (256-byte header, norms first, no
+// freq_cis), with a shared and with an unshared classifier.
+TEST(ImportLlama2cTest, Stories260kVersion1) {
+  const std::string ref_dir = DataRoot() + "/models/stories260K-hf";
+  if (!fs::exists(ref_dir + "/model.safetensors")) {
+    GTEST_SKIP() << "test data absent: " << ref_dir << "/model.safetensors";
+  }
+  absl::StatusOr<SafetensorsFile> ref = ReadSafetensorsFile(ref_dir + "/model.safetensors");
+  ASSERT_TRUE(ref.ok()) << ref.status();
+  const nlohmann::json ref_config = nlohmann::json::parse(ReadFile(ref_dir + "/config.json"));
+  const Llama2cConfig c = ConfigFromHf(ref_config);
+  TensorSet want;
+  want.Add(*ref);
+  const std::string root = FreshDir();
+  std::vector<float> wcls(static_cast<size_t>(c.vocab_size) * c.dim, -0.25f);
+  for (bool shared : {true, false}) {
+    const std::string name = shared ? "shared" : "unshared";
+    WriteModelBin(root + "/" + name + ".bin", *ref, c, shared ? nullptr : &wcls, /*version=*/1);
+    ImportLlama2cOptions options;
+    options.model_path = root + "/" + name + ".bin";
+    options.output_dir = root + "/" + name;
+    absl::StatusOr<std::vector<WrittenFile>> files = ImportLlama2c(options);
+    ASSERT_TRUE(files.ok()) << files.status();
+    absl::StatusOr<SafetensorsFile> st = ReadSafetensorsFile(options.output_dir +
+                                                             "/model.safetensors");
+    ASSERT_TRUE(st.ok()) << st.status();
+    TensorSet got;
+    got.Add(*st);
+    if (!shared) {
+      ASSERT_EQ(got.order.back(), "lm_head.weight");
+      EXPECT_TRUE(Floats(std::get<2>(got.tensors["lm_head.weight"])) == wcls);
+      got.order.pop_back();
+      got.tensors.erase("lm_head.weight");
+    }
+    ExpectSameTensors(got, want);
+    const nlohmann::json config =
+        nlohmann::json::parse(ReadFile(options.output_dir + "/config.json"));
+    EXPECT_EQ(config["tie_word_embeddings"], shared);
+  }
 }
 
 std::string Llama2cDir() {

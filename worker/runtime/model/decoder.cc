@@ -288,16 +288,18 @@ torch::Tensor LmHead(const ModelConfig& c, const HeadWeights& head, const torch:
 double SumNll(const ModelConfig& c, const HeadWeights& head, const torch::Tensor& hidden,
               const torch::Tensor& ids) {
   const int64_t b = hidden.size(0), t = hidden.size(1);
-  // Keep each chunk's fp32 logits near 256 MiB.
-  const int64_t bytes_per_row = t * c.vocab_size * 4;
-  const int64_t rows = std::max<int64_t>(1, (int64_t{256} << 20) / std::max<int64_t>(1, bytes_per_row));
+  // Small chunks of fp32 logits (~32 MiB): big transient buffers cost more in page faults
+  // than the extra matmul calls cost.
+  const int64_t row_bytes = (t - 1) * c.vocab_size * 4;
+  const int64_t rows = std::max<int64_t>(1, (int64_t{32} << 20) / std::max<int64_t>(1, row_bytes));
   double total = 0.0;
   for (int64_t r = 0; r < b; r += rows) {
     const int64_t n = std::min(rows, b - r);
     const torch::Tensor logits = LmHead(c, head, hidden.narrow(0, r, n).narrow(1, 0, t - 1));
-    const torch::Tensor logp = at::log_softmax(logits, -1);
-    const torch::Tensor target = ids.narrow(0, r, n).narrow(1, 1, t - 1).to(logp.device()).unsqueeze(-1);
-    total -= logp.gather(-1, target).sum().to(at::kDouble).cpu().item<double>();
+    const torch::Tensor target = ids.narrow(0, r, n).narrow(1, 1, t - 1).to(logits.device()).unsqueeze(-1);
+    // NLL = logsumexp(logits) - logit[target], without materializing log_softmax.
+    const torch::Tensor nll = at::logsumexp(logits, -1) - logits.gather(-1, target).squeeze(-1);
+    total += nll.sum().to(at::kDouble).cpu().item<double>();
   }
   return total;
 }

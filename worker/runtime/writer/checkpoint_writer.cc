@@ -14,6 +14,7 @@
 #include <set>
 #include <utility>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -26,9 +27,10 @@ namespace fs = std::filesystem;
 
 namespace {
 
-constexpr const char* kTokenizerFiles[] = {"tokenizer.model", "tokenizer.json",
-                                           "tokenizer_config.json", "special_tokens_map.json",
-                                           "generation_config.json"};
+constexpr const char* kTokenizerFiles[] = {
+    "tokenizer.model",         "tokenizer.json",    "tokenizer_config.json",
+    "special_tokens_map.json", "added_tokens.json", "vocab.json",
+    "merges.txt",              "chat_template.jinja", "generation_config.json"};
 
 absl::Status ErrnoError(const std::string& what, const std::string& path) {
   return absl::InternalError(absl::StrCat(what, " ", path, ": ", std::strerror(errno)));
@@ -469,6 +471,14 @@ absl::Status CheckpointWriter::AddTensor(const TensorView& tensor) {
     return absl::InvalidArgumentError(
         "checkpoint writer: tensor name \"__metadata__\" is reserved by safetensors");
   }
+  for (char ch : tensor.name) {
+    // Names go into the JSON header; real checkpoints use printable ASCII only.
+    if (ch < 0x20 || ch > 0x7e) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "checkpoint writer: tensor name \"", absl::CHexEscape(tensor.name),
+          "\" has a character outside printable ASCII"));
+    }
+  }
   if (s.tensor_names.count(tensor.name) != 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("checkpoint writer: duplicate tensor name \"", tensor.name, "\""));
@@ -531,7 +541,10 @@ absl::Status CheckpointWriter::AddTensor(const TensorView& tensor) {
 absl::Status CheckpointWriter::AddFile(const std::string& name, const std::string& contents) {
   Impl& s = *impl_;
   GPTQ_RETURN_IF_ERROR(s.Usable());
-  if (name.empty() || name == "." || name == ".." || name.find('/') != std::string::npos) {
+  const bool printable = std::all_of(name.begin(), name.end(),
+                                     [](char ch) { return ch >= 0x21 && ch <= 0x7e; });
+  if (name.empty() || name == "." || name == ".." || name.find('/') != std::string::npos ||
+      !printable) {
     return absl::InvalidArgumentError(
         absl::StrCat("checkpoint writer: file name \"", name, "\" is not a plain file name"));
   }

@@ -23,6 +23,7 @@
 //   config.json             source config + "torch_dtype" (+ "quantization_config" if quantized)
 //   quantize_config.json    only if quantized: the same keys as quantization_config
 //   tokenizer.model, tokenizer.json, tokenizer_config.json, special_tokens_map.json,
+//   added_tokens.json, vocab.json, merges.txt, chat_template.jinja,
 //   generation_config.json  copied from tokenizer_source_dir when present there
 //   + any file given to AddFile().
 //

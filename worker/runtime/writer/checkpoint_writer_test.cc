@@ -469,6 +469,8 @@ TEST(CheckpointWriterTest, InvalidTensorsAreRejected) {
   EXPECT_THAT(w.AddTensor(v).message(), HasSubstr("reserved"));
   v.name = "";
   EXPECT_THAT(w.AddTensor(v).message(), HasSubstr("name is empty"));
+  v.name = std::string("w\xff", 2);
+  EXPECT_THAT(w.AddTensor(v).message(), HasSubstr("outside printable ASCII"));
   v = t.View();
   v.name = "w4";
   v.shape = {-2, -3};
