@@ -23,6 +23,7 @@ namespace wv1 = gptq::worker::v1;
 constexpr int kMaxEventsPerReport = 10000;
 constexpr double kMaxLeaseWaitSeconds = 30;
 constexpr char kPageTokenPrefix[] = "o";
+constexpr size_t kMaxCachedTerminalLogs = 64;
 
 void SetTime(google::protobuf::Timestamp* ts, absl::Time t) {
   const int64_t ns = absl::ToUnixNanos(t);
@@ -140,7 +141,21 @@ absl::Status JobManager::EnsureEventsLoaded(JobEntry& entry) {
   }
   entry.last_sequence = static_cast<int64_t>(entry.events.size());
   entry.events_loaded = true;
+  if (IsTerminal(entry.job.state())) NoteTerminalLogCached(entry.job.id());
   return absl::OkStatus();
+}
+
+void JobManager::NoteTerminalLogCached(const std::string& id) {
+  cached_terminal_logs_.push_back(id);
+  while (cached_terminal_logs_.size() > kMaxCachedTerminalLogs) {
+    auto it = jobs_.find(cached_terminal_logs_.front());
+    cached_terminal_logs_.pop_front();
+    if (it != jobs_.end() && IsTerminal(it->second.job.state())) {
+      it->second.events.clear();
+      it->second.events.shrink_to_fit();
+      it->second.events_loaded = false;
+    }
+  }
 }
 
 absl::Status JobManager::Commit(JobEntry& entry, Job updated, int64_t epoch,
@@ -176,6 +191,7 @@ absl::Status JobManager::Commit(JobEntry& entry, Job updated, int64_t epoch,
   entry.last_sequence = seq;
   if (entry.events_loaded) {
     for (JobEvent& e : events) entry.events.push_back(std::make_shared<const JobEvent>(std::move(e)));
+    if (IsTerminal(new_state) && !IsTerminal(old_state)) NoteTerminalLogCached(entry.job.id());
   }
   if (!entry.sinks.empty() && (!events.empty() || IsTerminal(new_state))) {
     for (auto& weak : entry.sinks) {

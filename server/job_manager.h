@@ -170,6 +170,8 @@ class JobManager {
                       std::vector<gptq::v1::JobEvent> events, Deferred* after)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status EnsureEventsLoaded(JobEntry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Records that a terminal job's log is cached; evicts the oldest beyond the bound.
+  void NoteTerminalLogCached(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Dispatch(Deferred* after) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   JobEntry* FindJobToLease(const WorkerEntry& worker) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<gptq::worker::v1::Lease> LeaseTo(WorkerEntry& worker, JobEntry& entry,
@@ -207,6 +209,9 @@ class JobManager {
   uint64_t id_counter_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t id_salt_ ABSL_GUARDED_BY(mu_) = 0;
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
+  // Terminal jobs whose event log is cached in memory, oldest first (bounded; the store keeps
+  // every log, so an evicted one is simply read again when watched).
+  std::deque<std::string> cached_terminal_logs_ ABSL_GUARDED_BY(mu_);
 };
 
 // Lower-case state name for labels and messages ("queued", ...).

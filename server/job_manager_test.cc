@@ -508,6 +508,22 @@ TEST_F(JobManagerTest, RestartKeepsJobsAndReadoptsOrRequeuesRunning) {
   }
 }
 
+TEST_F(JobManagerTest, EvictedTerminalLogsAreReadBackFromTheStore) {
+  std::vector<std::string> ids;
+  for (int i = 0; i < 80; ++i) {  // More than the in-memory cache of terminal logs.
+    ids.push_back(Create().id());
+    ASSERT_TRUE(manager_->CancelJob(ids.back()).ok());
+  }
+  for (const std::string& id : {ids.front(), ids.back(), ids.front()}) {
+    auto batch = manager_->ReadEvents(id, 1, 10, {});
+    ASSERT_TRUE(batch.ok()) << batch.status();
+    ASSERT_EQ(batch->events.size(), 2u);
+    EXPECT_EQ(batch->events[0]->sequence(), 1);
+    EXPECT_EQ(batch->events[1]->state_change().to(), gptq::v1::JOB_STATE_CANCELLED);
+    EXPECT_TRUE(manager_->ReadEvents(id, 3, 10, {})->end_of_log);
+  }
+}
+
 TEST_F(JobManagerTest, ShutdownHandsLeasesBack) {
   auto job = Create();
   const std::string w = Register();

@@ -32,7 +32,10 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
     bound = 0;
   }
   if (bound <= 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen for metrics on ", listen));
+    return absl::UnavailableError(absl::StrCat(
+        "cannot listen for metrics on ", listen,
+        " (address in use? Prometheus itself defaults to :9090; give --metrics-listen "
+        "HOST:PORT, port 0, or \"\" to disable)"));
   }
   server->address_ = absl::StrCat(host, ":", bound);
   httplib::Server* http = server->http_.get();

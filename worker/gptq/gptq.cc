@@ -19,6 +19,7 @@
 #include <vector>
 
 #include <ATen/ATen.h>
+#include <c10/core/DeviceGuard.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -290,6 +291,7 @@ absl::Status ValidateFinite(const at::Tensor& w) {
 absl::Status GptqImpl(const at::Tensor& weight, const at::Tensor& hessian,
                       const QuantConfig& config, QuantizedWeight* out) {
   const auto start = std::chrono::steady_clock::now();
+  const c10::OptionalDeviceGuard device_guard(weight.device());
   const at::ScalarType ct = ComputeType(weight);
   const int64_t k = weight.size(1);
   const double maxq = static_cast<double>((1 << config.bits) - 1);
@@ -448,6 +450,7 @@ absl::Status HessianAccumulator::AddBatch(const torch::Tensor& x) {
   return internal::RunGuarded("HessianAccumulator::AddBatch", [&] {
     // The reference: H *= n/(n+tmp); n += tmp; inp = sqrt(2/n)·inp; H += inp·inpᵀ, with tmp
     // the batch size (1 for a 2-D input). One addmm with beta = n/(n+tmp), alpha = 2/(n+tmp).
+    const c10::OptionalDeviceGuard device_guard(h_.device());
     const int64_t batch = x.dim() == 2 ? 1 : x.size(0);
     const at::Tensor rows = x.reshape({-1, columns_}).to(h_.device(), at::kFloat);
     const double total = static_cast<double>(num_samples_ + batch);
@@ -492,6 +495,7 @@ absl::StatusOr<QuantizedWeight> QuantizeRtn(const torch::Tensor& weight,
   QuantizedWeight out;
   GPTQ_RETURN_IF_ERROR(internal::RunGuarded("QuantizeRtn", [&] {
     const auto start = std::chrono::steady_clock::now();
+    const c10::OptionalDeviceGuard device_guard(weight.device());
     const at::Tensor w = weight.to(ComputeType(weight));
     GPTQ_RETURN_IF_ERROR(ValidateFinite(w));
     RtnImpl(w, config, &out);

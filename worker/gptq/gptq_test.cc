@@ -542,55 +542,68 @@ TEST(Stories15MTest, EveryModuleOfLayer0Quantizes) {
   const std::string prefix = "model.layers.0.";
   // Activations from the real layer: embeddings of random tokens → input RMSNorm (q, k, v);
   // a causal running mean of V stands in for attention (o); residual → post-attention norm
-  // (gate, up); silu(gate)·up (down).
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(11);
+  // (gate, up); silu(gate)·up (down). One set calibrates, a second one (other tokens) is
+  // held out to check that GPTQ's advantage is not only in-sample.
   const int64_t batch = 4, seq = 128;
-  const at::Tensor ids = at::randint(32000, {batch * seq}, gen, at::kLong);
-  const at::Tensor emb = file.Get("model.embed_tokens.weight").index_select(0, ids);
-  const at::Tensor x_attn = RmsNorm(emb, file.Get(prefix + "input_layernorm.weight"));
-  const at::Tensor v = x_attn.matmul(file.Get(prefix + "self_attn.v_proj.weight").t());
-  const at::Tensor v3 = v.view({batch, seq, -1});
-  const at::Tensor positions = at::arange(1, seq + 1, at::kFloat).view({1, seq, 1});
-  const at::Tensor x_o = (v3.cumsum(1) / positions).reshape({batch * seq, -1});
-  const at::Tensor resid = emb + x_o.matmul(file.Get(prefix + "self_attn.o_proj.weight").t());
-  const at::Tensor x_mlp = RmsNorm(resid, file.Get(prefix + "post_attention_layernorm.weight"));
-  const at::Tensor x_down =
-      at::silu(x_mlp.matmul(file.Get(prefix + "mlp.gate_proj.weight").t())) *
-      x_mlp.matmul(file.Get(prefix + "mlp.up_proj.weight").t());
+  const at::Tensor embeddings = file.Get("model.embed_tokens.weight");
+  const at::Tensor ln1 = file.Get(prefix + "input_layernorm.weight");
+  const at::Tensor ln2 = file.Get(prefix + "post_attention_layernorm.weight");
+  const at::Tensor wv = file.Get(prefix + "self_attn.v_proj.weight");
+  const at::Tensor wo = file.Get(prefix + "self_attn.o_proj.weight");
+  const at::Tensor wg = file.Get(prefix + "mlp.gate_proj.weight");
+  const at::Tensor wu = file.Get(prefix + "mlp.up_proj.weight");
+  auto activations = [&](uint64_t seed) {
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+    const at::Tensor ids = at::randint(32000, {batch * seq}, gen, at::kLong);
+    const at::Tensor emb = embeddings.index_select(0, ids);
+    const at::Tensor x_attn = RmsNorm(emb, ln1);
+    const at::Tensor v3 = x_attn.matmul(wv.t()).view({batch, seq, -1});
+    const at::Tensor positions = at::arange(1, seq + 1, at::kFloat).view({1, seq, 1});
+    const at::Tensor x_o = (v3.cumsum(1) / positions).reshape({batch * seq, -1});
+    const at::Tensor x_mlp = RmsNorm(emb + x_o.matmul(wo.t()), ln2);
+    const at::Tensor x_down = at::silu(x_mlp.matmul(wg.t())) * x_mlp.matmul(wu.t());
+    return std::vector<at::Tensor>{x_attn, x_o, x_mlp, x_down};
+  };
+  const std::vector<at::Tensor> calib = activations(11), held_out = activations(12);
 
   struct Module {
     std::string name;
-    at::Tensor x;
+    int input;  // index into the activation sets
   };
   const std::vector<Module> modules = {
-      {"self_attn.q_proj", x_attn}, {"self_attn.k_proj", x_attn}, {"self_attn.v_proj", x_attn},
-      {"self_attn.o_proj", x_o},    {"mlp.gate_proj", x_mlp},     {"mlp.up_proj", x_mlp},
-      {"mlp.down_proj", x_down}};
+      {"self_attn.q_proj", 0}, {"self_attn.k_proj", 0}, {"self_attn.v_proj", 0},
+      {"self_attn.o_proj", 1}, {"mlp.gate_proj", 2},    {"mlp.up_proj", 2},
+      {"mlp.down_proj", 3}};
   QuantConfig c;  // 4-bit, g128, sym
   c.desc_act = true;
   for (const Module& m : modules) {
     const at::Tensor w = file.Get(prefix + m.name + ".weight");
-    HessianAccumulator acc(m.x.size(1), at::kCPU);
-    ASSERT_TRUE(acc.AddBatch(m.x.view({batch, seq, -1})).ok());
+    const at::Tensor& x = calib[m.input];
+    HessianAccumulator acc(x.size(1), at::kCPU);
+    ASSERT_TRUE(acc.AddBatch(x.view({batch, seq, -1})).ok());
     EXPECT_EQ(acc.num_samples(), batch);
     absl::StatusOr<QuantizedWeight> q = QuantizeGptq(w, acc.hessian(), c);
     ASSERT_TRUE(q.ok()) << m.name << ": " << q.status();
     absl::StatusOr<QuantizedWeight> rtn = QuantizeRtn(w, c);
     ASSERT_TRUE(rtn.ok());
-    const double e_gptq = OutputError(w, q->dequantized, m.x);
-    const double e_rtn = OutputError(w, rtn->dequantized, m.x);
+    const double e_gptq = OutputError(w, q->dequantized, x);
+    const double e_rtn = OutputError(w, rtn->dequantized, x);
+    const double h_gptq = OutputError(w, q->dequantized, held_out[m.input]);
+    const double h_rtn = OutputError(w, rtn->dequantized, held_out[m.input]);
     EXPECT_FALSE(q->rtn_fallback) << m.name;
     EXPECT_TRUE(std::isfinite(q->loss)) << m.name;
     EXPECT_LT(e_gptq, e_rtn) << m.name;
+    EXPECT_LT(h_gptq, h_rtn) << m.name << " (held-out tokens)";
     // The layer is packable (288 and 768 are multiples of 32): pack, dequantize, compare.
     absl::StatusOr<PackedWeight> packed = Pack(*q, CheckpointFormat::kGptqV1);
     ASSERT_TRUE(packed.ok()) << m.name << ": " << packed.status();
     absl::StatusOr<at::Tensor> deq = Dequantize(*packed, w.size(0), w.size(1));
     ASSERT_TRUE(deq.ok()) << deq.status();
     EXPECT_LT(Nmse(*deq, q->dequantized), 1e-5) << m.name;
-    std::printf("[stories15M] %-18s [%4ld x %4ld] loss %.5g  out-err GPTQ/RTN %.3f  %.3f s\n",
+    std::printf("[stories15M] %-18s [%4ld x %4ld] loss %.5g  out-err GPTQ/RTN %.3f "
+                "(held out %.3f)  %.3f s\n",
                 m.name.c_str(), static_cast<long>(w.size(0)), static_cast<long>(w.size(1)),
-                q->loss, e_gptq / e_rtn, q->seconds);
+                q->loss, e_gptq / e_rtn, h_gptq / h_rtn, q->seconds);
   }
 }
 
