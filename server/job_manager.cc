@@ -127,6 +127,10 @@ std::string JobManager::NewId(const char* prefix) {
 
 void JobManager::RunDeferred(Deferred& after) { after.Run(); }
 
+void JobManager::Log(const std::string& line) const {
+  if (options_.log) options_.log(line);
+}
+
 absl::Status JobManager::EnsureEventsLoaded(JobEntry& entry) {
   if (entry.events_loaded) return absl::OkStatus();
   GPTQ_ASSIGN_OR_RETURN(std::vector<JobEvent> events, store_->LoadEvents(entry.job.id(), 1));
@@ -189,6 +193,13 @@ absl::Status JobManager::Commit(JobEntry& entry, Job updated, int64_t epoch,
   entry.job = std::move(updated);
   entry.epoch = epoch;
   entry.last_sequence = seq;
+  for (const JobEvent& e : events) {
+    if (e.has_state_change()) {
+      Log(absl::StrCat("job ", e.job_id(), ": ", StateName(e.state_change().from()), " -> ",
+                       StateName(e.state_change().to()), " (attempt ", e.state_change().attempt(),
+                       "): ", e.state_change().reason()));
+    }
+  }
   if (entry.events_loaded) {
     for (JobEvent& e : events) entry.events.push_back(std::make_shared<const JobEvent>(std::move(e)));
     if (IsTerminal(new_state) && !IsTerminal(old_state)) NoteTerminalLogCached(entry.job.id());
@@ -251,6 +262,8 @@ absl::StatusOr<Job> JobManager::CreateJob(const gptq::v1::CreateJobRequest& requ
     by_order_[order] = job.id();
     if (!job.request_id().empty()) by_request_id_[job.request_id()] = job.id();
     queue_.insert({-job.priority(), order, job.id()});
+    Log(absl::StrCat("job ", job.id(), ": created (", job.spec().model_uri(), " -> ",
+                     job.spec().output_uri(), ", priority ", job.priority(), ")"));
     jobs_.emplace(job.id(), std::move(entry));
     if (metrics_ != nullptr) metrics_->RecordJobCreated();
     Dispatch(&after);
@@ -383,11 +396,12 @@ absl::StatusOr<EventBatch> JobManager::ReadEvents(const std::string& id, int64_t
   JobEntry& entry = it->second;
   GPTQ_RETURN_IF_ERROR(EnsureEventsLoaded(entry));
   const int64_t first = std::max<int64_t>(next_sequence, 1);
-  for (int64_t s = first; s <= entry.last_sequence && batch.events.size() < max_events; ++s) {
+  const int64_t available = static_cast<int64_t>(entry.events.size());
+  for (int64_t s = first; s <= available && batch.events.size() < max_events; ++s) {
     batch.events.push_back(entry.events[s - 1]);
   }
   if (batch.events.empty()) {
-    if (IsTerminal(entry.job.state())) {
+    if (IsTerminal(entry.job.state()) && first > entry.last_sequence) {
       batch.end_of_log = true;
     } else if (shutting_down_) {
       batch.shutting_down = true;
@@ -631,6 +645,8 @@ absl::StatusOr<wv1::RegisterResponse> JobManager::Register(const wv1::RegisterRe
     w.last_seen = absl::Now();
     response.set_worker_id(w.id);
     response.set_heartbeat_seconds(absl::ToDoubleSeconds(options_.heartbeat_period));
+    Log(absl::StrCat("worker ", w.id, " registered: ", w.name, " (",
+                     w.capabilities.device(), ", ", w.capabilities.device_name(), ")"));
     workers_.emplace(w.id, std::move(w));
     Dispatch(&after);
   }
@@ -638,8 +654,22 @@ absl::StatusOr<wv1::RegisterResponse> JobManager::Register(const wv1::RegisterRe
   return response;
 }
 
-void JobManager::LeaseJob(const wv1::LeaseJobRequest& request, LeaseCallback done) {
+void JobManager::CancelLeaseWait(uint64_t wait_id) {
   Deferred after;
+  absl::MutexLock lock(&mu_);
+  for (auto it = pending_leases_.begin(); it != pending_leases_.end(); ++it) {
+    if (it->wait_id != wait_id) continue;
+    LeaseCallback done = std::move(it->done);
+    ReleaseWorkerCall(it->worker_id);
+    pending_leases_.erase(it);
+    after.push_back([done] { done(absl::CancelledError("LeaseJob call cancelled"), {}); });
+    return;
+  }
+}
+
+uint64_t JobManager::LeaseJob(const wv1::LeaseJobRequest& request, LeaseCallback done) {
+  Deferred after;
+  uint64_t wait_id = 0;
   {
     absl::MutexLock lock(&mu_);
     auto wit = workers_.find(request.worker_id());
@@ -679,12 +709,14 @@ void JobManager::LeaseJob(const wv1::LeaseJobRequest& request, LeaseCallback don
         after.push_back([done] { done(absl::OkStatus(), {}); });
       } else {
         ++w.held_calls;
+        wait_id = ++wait_counter_;
         pending_leases_.push_back(
-            {w.id, absl::Now() + absl::Seconds(wait), std::move(done)});
+            {wait_id, w.id, absl::Now() + absl::Seconds(wait), std::move(done)});
       }
     }
   }
   RunDeferred(after);
+  return wait_id;
 }
 
 void JobManager::Heartbeat(const wv1::HeartbeatRequest& request, HeartbeatCallback done) {
@@ -788,6 +820,10 @@ absl::Status JobManager::FinishJob(const wv1::FinishJobRequest& request) {
     if (request.has_results()) {
       to = gptq::v1::JOB_STATE_SUCCEEDED;
       *updated.mutable_results() = request.results();
+      if (updated.results().output_location().empty()) {
+        auto output = ResolveUri("spec.output_uri", updated.spec().output_uri(), false, {});
+        if (output.ok()) updated.mutable_results()->set_output_location(output->local_path);
+      }
       updated.mutable_progress()->set_fraction(1.0);
       updated.mutable_progress()->clear_eta_seconds();
       reason = "finished";
@@ -860,6 +896,7 @@ void JobManager::Tick() {
       const int64_t epoch = w.epoch;
       const std::string reason = absl::StrCat("worker ", w.id, " (", w.name,
                                               ") lost: no heartbeat for ", FormatSeconds(expiry));
+      Log(reason);
       it = workers_.erase(it);
       workers_changed = true;
       auto jit = jobs_.find(job_id);

@@ -42,6 +42,8 @@ struct ManagerOptions {
   // Attempts per job before a lost worker fails it.
   int max_attempts = 3;
   ValidationOptions validation;
+  // Receives one line per job state change and worker arrival/loss; null: silent.
+  std::function<void(const std::string&)> log;
 };
 
 // Told (once per registration) that a job's log grew or the job/manager changed state.
@@ -88,7 +90,10 @@ class JobManager {
   using LeaseCallback =
       std::function<void(absl::Status, gptq::worker::v1::LeaseJobResponse)>;
   // Completes `done` at once, or later (within wait_seconds) when a job fits the worker.
-  void LeaseJob(const gptq::worker::v1::LeaseJobRequest& request, LeaseCallback done);
+  // Returns a wait id while the call is held (0 if `done` already ran), for CancelLeaseWait.
+  uint64_t LeaseJob(const gptq::worker::v1::LeaseJobRequest& request, LeaseCallback done);
+  // The worker abandoned a held LeaseJob call: completes it (CANCELLED) unless it already was.
+  void CancelLeaseWait(uint64_t wait_id);
   using HeartbeatCallback =
       std::function<void(absl::Status, gptq::worker::v1::HeartbeatResponse)>;
   // For a worker running a job, holds the call up to one heartbeat period; completes early on
@@ -134,6 +139,7 @@ class JobManager {
     int64_t epoch = 0;
   };
   struct PendingLease {
+    uint64_t wait_id;
     std::string worker_id;
     absl::Time deadline;
     LeaseCallback done;
@@ -191,6 +197,7 @@ class JobManager {
   bool AnyCudaWorker() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::string NewId(const char* prefix) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ReleaseWorkerCall(const std::string& worker_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Log(const std::string& line) const;
   static void RunDeferred(Deferred& after);
 
   JobStore* const store_;
@@ -207,6 +214,7 @@ class JobManager {
   std::deque<PendingLease> pending_leases_ ABSL_GUARDED_BY(mu_);
   std::multimap<std::string, PendingHeartbeat> pending_heartbeats_ ABSL_GUARDED_BY(mu_);
   uint64_t id_counter_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t wait_counter_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t id_salt_ ABSL_GUARDED_BY(mu_) = 0;
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
   // Terminal jobs whose event log is cached in memory, oldest first (bounded; the store keeps

@@ -164,6 +164,11 @@ int main(int argc, char** argv) {
   manager_options.max_attempts = absl::GetFlag(FLAGS_max_attempts);
   manager_options.validation.allowed_model_roots = absl::GetFlag(FLAGS_allowed_model_roots);
   manager_options.validation.allowed_output_roots = absl::GetFlag(FLAGS_allowed_output_roots);
+  manager_options.log = [](const std::string& line) {
+    std::fprintf(stderr, "%s gptq-server: %s\n",
+                 absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::Now(), absl::UTCTimeZone()).c_str(),
+                 line.c_str());
+  };
   gs::Metrics metrics;
   auto manager = gs::JobManager::Create(store->get(), manager_options, &metrics);
   if (!manager.ok()) return Fail(manager.status().ToString());

@@ -338,7 +338,9 @@ TEST_F(ServerTest, LeaseForAnAbandonedLeaseCallIsTakenBack) {
     grpc::Status s = stub->LeaseJob(Ctx(absl::Milliseconds(300)).get(), r, &resp);
     EXPECT_EQ(s.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
   }
-  v1::Job job = CreateJob();  // Handed to the held call, which is cancelled: taken back.
+  // The server withdraws the held call when it notices the cancellation.
+  ASSERT_TRUE(WaitFor([&] { return manager_->Snapshot().held_calls == 0; }, absl::Seconds(5)));
+  v1::Job job = CreateJob();
   v1::Job j = Get(job.id());
   EXPECT_EQ(j.state(), v1::JOB_STATE_QUEUED);
   EXPECT_EQ(j.attempt(), 0);

@@ -150,6 +150,51 @@ class FailedWriteReactor : public grpc::ServerWriteReactor<JobEvent> {
   void OnDone() override { delete this; }
 };
 
+// A held LeaseJob call. If the worker abandons the call (deadline, disconnect) while it is
+// held, OnCancel withdraws it, so no lease is handed to a call nobody reads and a dead worker is
+// not kept alive by its call.
+class LeaseReactor : public grpc::ServerUnaryReactor {
+ public:
+  LeaseReactor(JobManager* manager, Metrics* metrics, grpc::CallbackServerContext* context,
+               const wv1::LeaseJobRequest& request, wv1::LeaseJobResponse* response)
+      : manager_(manager), metrics_(metrics) {
+    const uint64_t id = manager_->LeaseJob(
+        request, [this, manager, context, response](absl::Status status,
+                                                    wv1::LeaseJobResponse r) {
+          if (status.ok() && r.has_lease() && context->IsCancelled()) {
+            // Granted at the moment the call went away: the lease would never arrive.
+            manager->ReturnLease(r.lease().job_id(), r.lease().lease_epoch(),
+                                 "the worker's LeaseJob call was cancelled before the lease "
+                                 "reached it");
+            r.clear_lease();
+          }
+          if (status.ok()) *response = std::move(r);
+          metrics_->RecordRpc(kWorkerService, "LeaseJob", static_cast<int>(status.code()));
+          Finish(ToGrpcStatus(status));
+        });
+    // gRPC runs no reaction (OnCancel/OnDone) before this handler has returned the reactor.
+    if (id != 0) {
+      std::lock_guard<std::mutex> lock(mu_);
+      wait_id_ = id;
+    }
+  }
+  void OnCancel() override {
+    uint64_t id;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      id = wait_id_;
+    }
+    if (id != 0) manager_->CancelLeaseWait(id);  // No-op if already answered.
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  JobManager* const manager_;
+  Metrics* const metrics_;
+  std::mutex mu_;
+  uint64_t wait_id_ = 0;
+};
+
 }  // namespace
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
@@ -272,22 +317,7 @@ grpc::ServerUnaryReactor* WorkerServiceImpl::LeaseJob(grpc::CallbackServerContex
                                                       const wv1::LeaseJobRequest* request,
                                                       wv1::LeaseJobResponse* response) {
   GPTQ_AUTHORIZE_OR_FINISH("LeaseJob");
-  auto* reactor = context->DefaultReactor();
-  Metrics* metrics = metrics_;
-  JobManager* manager = manager_;
-  manager_->LeaseJob(*request, [reactor, response, metrics, context, manager](
-                                   absl::Status status, wv1::LeaseJobResponse r) {
-    if (status.ok() && r.has_lease() && context->IsCancelled()) {
-      // The worker gave up waiting (or died): the lease would never reach it.
-      manager->ReturnLease(r.lease().job_id(), r.lease().lease_epoch(),
-                           "the worker's LeaseJob call was cancelled before the lease reached it");
-      r.clear_lease();
-    }
-    if (status.ok()) *response = std::move(r);
-    metrics->RecordRpc(kWorkerService, "LeaseJob", static_cast<int>(status.code()));
-    reactor->Finish(ToGrpcStatus(status));
-  });
-  return reactor;
+  return new LeaseReactor(manager_, metrics_, context, *request, response);
 }
 
 grpc::ServerUnaryReactor* WorkerServiceImpl::Heartbeat(grpc::CallbackServerContext* context,

@@ -133,8 +133,8 @@ absl::Status WorkerAgent::Register() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     worker_id_ = resp.worker_id();
-    heartbeat_period_ = resp.heartbeat_seconds() > 0 ? absl::Seconds(resp.heartbeat_seconds())
-                                                     : absl::Seconds(10);
+    heartbeat_period_ =
+        resp.heartbeat_seconds() > 0 ? absl::Seconds(resp.heartbeat_seconds()) : absl::Seconds(10);
   }
   num_registrations_.fetch_add(1);
   GPTQ_AGENT_LOG(kInfo, "registered as ", resp.worker_id(), " (", deps_.device.device, ", ",
@@ -210,9 +210,8 @@ void WorkerAgent::HeartbeatLoop() {
     // hold a heartbeat for up to a period while a job runs (answering at once on cancel or a
     // lost lease), so during a job the calls follow each other back to back.
     const absl::Duration wait = std::max(absl::ZeroDuration(), last_start + period - absl::Now());
-    if (cv_.wait_for(lock, absl::ToChronoMilliseconds(wait), [&] {
-          return stopping() || heartbeat_period_ != period;
-        })) {
+    if (cv_.wait_for(lock, absl::ToChronoMilliseconds(wait),
+                     [&] { return stopping() || heartbeat_period_ != period; })) {
       continue;  // stopping, or a new period: re-evaluate
     }
     last_start = absl::Now();
@@ -362,10 +361,10 @@ absl::StatusOr<std::string> WorkerAgent::ResolveModel(const wv1::Lease& lease, A
     if (!snap.ok()) return snap.status();
     int64_t bytes = 0;
     for (const hub::FetchedFile& f : snap->files) bytes += f.size_bytes;
-    sink.OnEvent(LogEvent(absl::StrCat(
-        ref->ToString(), ": ", snap->files.size(), " files, ", bytes, " bytes ",
-        snap->from_cache ? "found in the cache" : "downloaded", " in ",
-        absl::ToDoubleSeconds(absl::Now() - start), " s")));
+    sink.OnEvent(
+        LogEvent(absl::StrCat(ref->ToString(), ": ", snap->files.size(), " files, ", bytes,
+                              " bytes ", snap->from_cache ? "found in the cache" : "downloaded",
+                              " in ", absl::ToDoubleSeconds(absl::Now() - start), " s")));
     dir = snap->dir;
   } else {
     absl::StatusOr<std::string> path = LocalPathFromUri(uri, "spec.model_uri");
@@ -393,21 +392,23 @@ void WorkerAgent::HandleLease(const wv1::Lease& lease) {
                  ": leased (model ", lease.spec().model_uri(), ")");
   std::thread reporter([this, job] { ReporterLoop(*job); });
   Sink sink(*job);
-  sink.OnEvent(LogEvent(absl::StrCat("worker ", worker_id(), " (", deps_.device.device_string,
-                                     ", ", deps_.device.device_name, ") starts attempt ",
-                                     lease.attempt())));
+  sink.OnEvent(
+      LogEvent(absl::StrCat("worker ", worker_id(), " (", deps_.device.device_string, ", ",
+                            deps_.device.device_name, ") starts attempt ", lease.attempt())));
   const absl::Time start = absl::Now();
   std::string output_dir;
   std::string model_dir_used;
   bool output_existed = true;
-  absl::StatusOr<runtime::QuantizeReport> result = [&]() -> absl::StatusOr<runtime::QuantizeReport> {
+  absl::StatusOr<runtime::QuantizeReport> result =
+      [&]() -> absl::StatusOr<runtime::QuantizeReport> {
     absl::StatusOr<std::string> model_dir = ResolveModel(lease, *job);
     if (!model_dir.ok()) return model_dir.status();
     model_dir_used = *model_dir;
     if (!lease.output_dir().empty()) {
       output_dir = lease.output_dir();
     } else {
-      absl::StatusOr<std::string> out = LocalPathFromUri(lease.spec().output_uri(), "spec.output_uri");
+      absl::StatusOr<std::string> out =
+          LocalPathFromUri(lease.spec().output_uri(), "spec.output_uri");
       if (!out.ok()) return out.status();
       output_dir = *out;
     }
@@ -416,6 +417,11 @@ void WorkerAgent::HandleLease(const wv1::Lease& lease) {
     JobPlacement placement{*model_dir, output_dir, options_.data_dir, deps_.device.device_string};
     absl::StatusOr<runtime::QuantizeOptions> opts = SpecToOptions(lease.spec(), placement);
     if (!opts.ok()) return opts.status();
+    {
+      std::lock_guard<std::mutex> lock(job->mu);
+      job->batcher.set_perplexity_seqlen(opts->eval_seqlen > 0 ? opts->eval_seqlen
+                                                               : opts->calibration.seqlen);
+    }
     if (job->token.cancelled()) return absl::CancelledError("cancelled before the run started");
     try {
       return deps_.run_job(*opts, sink, job->token);

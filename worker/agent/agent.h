@@ -15,6 +15,8 @@
 #ifndef GPTQ_WORKER_AGENT_AGENT_H_
 #define GPTQ_WORKER_AGENT_AGENT_H_
 
+#include <grpcpp/grpcpp.h>
+
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -23,8 +25,6 @@
 #include <mutex>
 #include <string>
 #include <thread>
-
-#include <grpcpp/grpcpp.h>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
@@ -43,16 +43,16 @@ using JobRunner = std::function<absl::StatusOr<runtime::QuantizeReport>(
     const runtime::QuantizeOptions&, runtime::ProgressSink&, const runtime::CancelToken&)>;
 
 struct AgentOptions {
-  std::string name;                 // informational, sent with Register
-  std::string data_dir;             // dataset root for the runtime ("" = its default)
-  hub::HubOptions hub;              // hf:// downloads
-  std::string auth_token;           // sent as "authorization: Bearer <token>" when set
-  double lease_wait_seconds = 10;   // LeaseJob long-poll
+  std::string name;                // informational, sent with Register
+  std::string data_dir;            // dataset root for the runtime ("" = its default)
+  hub::HubOptions hub;             // hf:// downloads
+  std::string auth_token;          // sent as "authorization: Bearer <token>" when set
+  double lease_wait_seconds = 10;  // LeaseJob long-poll
   absl::Duration rpc_timeout = absl::Seconds(30);
   absl::Duration min_backoff = absl::Milliseconds(200);
   absl::Duration max_backoff = absl::Seconds(30);
   BatcherOptions batcher;
-  int max_jobs = 0;                 // stop after this many leases (0: never)
+  int max_jobs = 0;  // stop after this many leases (0: never)
   std::string version = "0.1.0";
 };
 

@@ -18,10 +18,10 @@ namespace {
 
 namespace fs = std::filesystem;
 namespace v1 = ::gptq::v1;
+using runtime::ProgressEvent;
 using testing::FakeServer;
 using testing::FakeWorkerService;
 using ::testing::HasSubstr;
-using runtime::ProgressEvent;
 
 constexpr auto kWait = std::chrono::seconds(30);
 
@@ -251,23 +251,27 @@ TEST_F(AgentTest, EventsFlushWithinTheDelayWhileTheJobRuns) {
   options.max_jobs = 1;
   StartAgent(runner, options);
   // The single event arrives while the runner still blocks (250 ms delay, not the job's end).
-  const bool flushed = service_.WaitFor([](FakeWorkerService& s) {
-    for (const auto& r : s.reports_locked()) {
-      for (const auto& e : r.events()) {
-        if (e.has_module_progress() && e.module_progress().module() == "only") return true;
-      }
-    }
-    return false;
-  }, kWait);
+  const bool flushed = service_.WaitFor(
+      [](FakeWorkerService& s) {
+        for (const auto& r : s.reports_locked()) {
+          for (const auto& e : r.events()) {
+            if (e.has_module_progress() && e.module_progress().module() == "only") return true;
+          }
+        }
+        return false;
+      },
+      kWait);
   EXPECT_TRUE(flushed);
   EXPECT_TRUE(service_.finishes().empty());
   // Heartbeats carry the job while it runs.
-  EXPECT_TRUE(service_.WaitFor([](FakeWorkerService& s) {
-    for (const auto& h : s.heartbeats_locked()) {
-      if (h.job_id() == "job-f" && h.memory_used_bytes() == 12345) return true;
-    }
-    return false;
-  }, kWait));
+  EXPECT_TRUE(service_.WaitFor(
+      [](FakeWorkerService& s) {
+        for (const auto& h : s.heartbeats_locked()) {
+          if (h.job_id() == "job-f" && h.memory_used_bytes() == 12345) return true;
+        }
+        return false;
+      },
+      kWait));
   release = true;
   JoinAgent();
   EXPECT_EQ(service_.finishes().size(), 1u);
@@ -341,8 +345,8 @@ TEST_F(AgentTest, StaleEpochOnReportAbandonsTheJob) {
   AgentOptions options = Options();
   options.max_jobs = 1;
   StartAgent(runner, options);
-  ASSERT_TRUE(service_.WaitFor([](FakeWorkerService& s) { return !s.reports_locked().empty(); },
-                               kWait));
+  ASSERT_TRUE(
+      service_.WaitFor([](FakeWorkerService& s) { return !s.reports_locked().empty(); }, kWait));
   service_.BumpEpochSilently("job-s");
   JoinAgent();
   EXPECT_TRUE(was_cancelled.load());
@@ -410,8 +414,7 @@ TEST_F(AgentTest, MissingModelDirectoryFailsWithoutRunning) {
   auto finishes = service_.finishes();
   ASSERT_EQ(finishes.size(), 2u);
   EXPECT_EQ(finishes[0].error().code(), 9);
-  EXPECT_THAT(finishes[0].error().message(),
-              HasSubstr("model directory '/nonexistent/model/dir'"));
+  EXPECT_THAT(finishes[0].error().message(), HasSubstr("model directory '/nonexistent/model/dir'"));
   EXPECT_EQ(finishes[1].error().code(), 3);
   EXPECT_THAT(finishes[1].error().message(), HasSubstr("spec.bits must be 2, 3, 4 or 8"));
 }

@@ -70,14 +70,13 @@ absl::StatusOr<runtime::QuantizeOptions> SpecToOptions(const v1::QuantizationSpe
   }
   o.damp_auto_increment = spec.has_damp_auto_increment() ? spec.damp_auto_increment() : 0.01;
   if (!(o.damp_auto_increment > 0.0 && o.damp_auto_increment < 1.0)) {
-    return Invalid("damp_auto_increment", "must be in (0, 1)",
-                   absl::StrCat(o.damp_auto_increment));
+    return Invalid("damp_auto_increment", "must be in (0, 1)", absl::StrCat(o.damp_auto_increment));
   }
   o.sym = spec.has_sym() ? spec.sym() : true;
   o.desc_act = spec.has_desc_act() ? spec.desc_act() : false;
   // Group-aware reordering defaults to on and cannot be combined with act-order.
-  o.act_group_aware = o.desc_act ? false : (spec.has_act_group_aware() ? spec.act_group_aware()
-                                                                       : true);
+  o.act_group_aware =
+      o.desc_act ? false : (spec.has_act_group_aware() ? spec.act_group_aware() : true);
   o.static_groups = spec.has_static_groups() ? spec.static_groups() : false;
   o.true_sequential = spec.has_true_sequential() ? spec.true_sequential() : true;
   switch (spec.format()) {
@@ -118,7 +117,8 @@ absl::StatusOr<runtime::QuantizeOptions> SpecToOptions(const v1::QuantizationSpe
       c.texts.assign(cal.texts().texts().begin(), cal.texts().texts().end());
       break;
     case v1::CalibrationSpec::kFileUri: {
-      absl::StatusOr<std::string> path = LocalPathFromUri(cal.file_uri(), "spec.calibration.file_uri");
+      absl::StatusOr<std::string> path =
+          LocalPathFromUri(cal.file_uri(), "spec.calibration.file_uri");
       if (!path.ok()) return path.status();
       c.file = *path;
       break;
@@ -129,8 +129,8 @@ absl::StatusOr<runtime::QuantizeOptions> SpecToOptions(const v1::QuantizationSpe
       }
       for (int i = 0; i < cal.token_ids().ids_size(); ++i) {
         if (cal.token_ids().ids(i) < 0) {
-          return Invalid(absl::StrCat("calibration.token_ids.ids[", i, "]"),
-                         "must be non-negative", absl::StrCat(cal.token_ids().ids(i)));
+          return Invalid(absl::StrCat("calibration.token_ids.ids[", i, "]"), "must be non-negative",
+                         absl::StrCat(cal.token_ids().ids(i)));
         }
       }
       c.token_ids.assign(cal.token_ids().ids().begin(), cal.token_ids().ids().end());
@@ -167,8 +167,8 @@ absl::StatusOr<runtime::QuantizeOptions> SpecToOptions(const v1::QuantizationSpe
     return Invalid("batch_size", absl::StrCat("must be in [1, nsamples=", c.nsamples, "]"),
                    absl::StrCat(o.batch_size));
   }
-  o.max_shard_bytes = spec.has_max_shard_size_bytes() ? spec.max_shard_size_bytes()
-                                                      : int64_t{4} << 30;
+  o.max_shard_bytes =
+      spec.has_max_shard_size_bytes() ? spec.max_shard_size_bytes() : int64_t{4} << 30;
   if (o.max_shard_bytes < (int64_t{1} << 20)) {
     return Invalid("max_shard_size_bytes", "must be at least 1048576 (1 MiB)",
                    absl::StrCat(o.max_shard_bytes));

@@ -43,8 +43,7 @@ void UpdateProgress(const runtime::ProgressEvent& event, gptq::v1::JobProgress* 
 
 // The results message of a finished job: perplexities, loss summary (GPTQ modules only in the
 // totals; RTN fallbacks and unquantized modules listed by name), location, files, seconds.
-gptq::v1::JobResults ReportToResults(const runtime::QuantizeReport& report,
-                                     double wall_seconds);
+gptq::v1::JobResults ReportToResults(const runtime::QuantizeReport& report, double wall_seconds);
 
 // The JobError for a failed run. The code follows the status, except that NotFound (a model
 // or data file missing) becomes FAILED_PRECONDITION (the job cannot run as specified), as does

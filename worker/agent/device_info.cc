@@ -69,14 +69,14 @@ absl::StatusOr<DeviceInfo> QueryDeviceInfo(const std::string& device) {
           absl::StrCat("--device '", device, "': expected auto, cpu, cuda or cuda:N"));
     }
     if (!torch::cuda::is_available()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "--device ", device, ": this worker has no usable CUDA device (LibTorch ",
-          TORCH_VERSION, ")"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("--device ", device, ": this worker has no usable CUDA device (LibTorch ",
+                       TORCH_VERSION, ")"));
     }
     const int64_t count = static_cast<int64_t>(torch::cuda::device_count());
     if (index < 0 || index >= count) {
-      return absl::FailedPreconditionError(absl::StrCat("--device ", device, ": only ", count,
-                                                        " CUDA device(s) present"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("--device ", device, ": only ", count, " CUDA device(s) present"));
     }
   } else {
     return absl::InvalidArgumentError(

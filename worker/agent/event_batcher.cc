@@ -16,6 +16,9 @@ void EventBatcher::Add(const runtime::ProgressEvent& event, absl::Time now) {
   UpdateProgress(event, &progress_);
   std::optional<gptq::v1::JobEvent> converted = ToJobEvent(event);
   if (!converted) return;
+  if (converted->has_perplexity() && converted->perplexity().seqlen() == 0) {
+    converted->mutable_perplexity()->set_seqlen(perplexity_seqlen_);
+  }
   if (pending_.empty()) oldest_ = now;
   pending_.push_back(*std::move(converted));
 }
@@ -26,9 +29,7 @@ absl::Time EventBatcher::Deadline() const {
   return oldest_ + options_.max_delay;
 }
 
-bool EventBatcher::Due(absl::Time now) const {
-  return !pending_.empty() && now >= Deadline();
-}
+bool EventBatcher::Due(absl::Time now) const { return !pending_.empty() && now >= Deadline(); }
 
 EventBatcher::Batch EventBatcher::Take() {
   Batch batch;

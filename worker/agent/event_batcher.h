@@ -38,12 +38,16 @@ class EventBatcher {
   // Removes and returns at most max_events pending events with the current progress.
   Batch Take();
   const gptq::v1::JobProgress& progress() const { return progress_; }
+  // Window length to put on perplexity events that carry none (the runtime's ProgressEvent has
+  // no seqlen field): the job's eval seqlen, else its calibration seqlen; 0 = leave unset.
+  void set_perplexity_seqlen(int seqlen) { perplexity_seqlen_ = seqlen; }
 
  private:
   BatcherOptions options_;
   std::vector<gptq::v1::JobEvent> pending_;
   absl::Time oldest_ = absl::InfiniteFuture();
   gptq::v1::JobProgress progress_;
+  int perplexity_seqlen_ = 0;
 };
 
 }  // namespace gptq::agent

@@ -94,5 +94,23 @@ TEST(EventBatcherTest, StageEventsUpdateProgressAndLog) {
   EXPECT_EQ(batch.events[0].log().message(), "stage quantize: layer 3/5");
 }
 
+TEST(EventBatcherTest, PerplexityEventsGetTheJobsSeqlen) {
+  EventBatcher b;
+  const absl::Time t0 = absl::FromUnixSeconds(1000);
+  ProgressEvent p;
+  p.kind = ProgressEvent::Kind::kPerplexity;
+  p.dataset = "wikitext2";
+  p.phase = "before";
+  p.value = 7.5;
+  b.Add(p, t0);
+  b.set_perplexity_seqlen(256);
+  b.Add(p, t0);
+  EventBatcher::Batch batch = b.Take();
+  ASSERT_EQ(batch.events.size(), 2u);
+  EXPECT_EQ(batch.events[0].perplexity().seqlen(), 0) << "unknown: left unset";
+  EXPECT_EQ(batch.events[1].perplexity().seqlen(), 256);
+  EXPECT_EQ(b.progress().stage(), "evaluate");
+}
+
 }  // namespace
 }  // namespace gptq::agent

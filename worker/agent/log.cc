@@ -10,7 +10,9 @@ namespace gptq::agent {
 
 void Log(LogLevel level, const std::string& message) {
   static std::mutex mu;
-  const char* tag = level == LogLevel::kError ? "ERROR" : level == LogLevel::kWarning ? "WARN" : "INFO";
+  const char* tag = level == LogLevel::kError     ? "ERROR"
+                    : level == LogLevel::kWarning ? "WARN"
+                                                  : "INFO";
   const std::string time =
       absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::Now(), absl::UTCTimeZone());
   std::lock_guard<std::mutex> lock(mu);

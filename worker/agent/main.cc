@@ -62,8 +62,8 @@ int main(int argc, char** argv) {
   }
   if (command == "version" || command == "--version") {
     auto info = gptq::agent::QueryDeviceInfo("cpu");
-    std::cout << "gptq-worker 0.1.0 (LibTorch " << (info.ok() ? info->torch_version : "?")
-              << ")\n";
+    std::cout << "gptq-worker " << GPTQ_WORKER_VERSION << " (LibTorch "
+              << (info.ok() ? info->torch_version : "?") << ")\n";
     return 0;
   }
   if (command == "help" || command == "--help" || command == "-h") {

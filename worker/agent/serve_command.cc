@@ -1,5 +1,6 @@
 #include "serve_command.h"
 
+#include <grpcpp/grpcpp.h>
 #include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
@@ -11,8 +12,6 @@
 #include <iostream>
 #include <sstream>
 #include <thread>
-
-#include <grpcpp/grpcpp.h>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -154,6 +153,7 @@ int ServeCommand(const std::vector<std::string>& args, const ServeDeps& deps) {
   options.auth_token = flags->auth_token;
   options.lease_wait_seconds = flags->lease_wait_seconds;
   options.max_jobs = flags->max_jobs;
+  options.version = GPTQ_WORKER_VERSION;
   AgentDeps agent_deps;
   agent_deps.run_job = deps.run_job;
   agent_deps.device = *device;

@@ -14,14 +14,14 @@
 namespace gptq::agent {
 
 struct ServeFlags {
-  std::string server;         // HOST:PORT (required)
+  std::string server;  // HOST:PORT (required)
   std::string device = "auto";
   std::string data_dir;
   std::string cache_dir;
   std::string hf_endpoint;
   std::string name;
-  std::string auth_token;     // --auth-token, else $GPTQ_AUTH_TOKEN
-  std::string tls_ca;         // PEM file: use TLS with these roots
+  std::string auth_token;  // --auth-token, else $GPTQ_AUTH_TOKEN
+  std::string tls_ca;      // PEM file: use TLS with these roots
   int max_jobs = 0;
   double lease_wait_seconds = 10;
 };

@@ -86,8 +86,7 @@ absl::Status ValidateRepoPath(absl::string_view file) {
   }
   for (absl::string_view part : absl::StrSplit(file, '/')) {
     if (part.empty() || part == "." || part == "..") {
-      return absl::InvalidArgumentError(
-          absl::StrCat("invalid repository file name '", file, "'"));
+      return absl::InvalidArgumentError(absl::StrCat("invalid repository file name '", file, "'"));
     }
   }
   return absl::OkStatus();
@@ -259,15 +258,16 @@ absl::StatusOr<HfModelRef> ParseHfUri(absl::string_view uri) {
     }
     for (absl::string_view part : absl::StrSplit(ref.revision, '/')) {
       if (!ValidRefPart(part)) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "model URI '", uri, "': revision may hold only [A-Za-z0-9._-] and '/'"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("model URI '", uri, "': revision may hold only [A-Za-z0-9._-] and '/'"));
       }
     }
   }
   std::vector<absl::string_view> parts = absl::StrSplit(rest, '/');
   if (parts.size() != 2 || !ValidRefPart(parts[0]) || !ValidRefPart(parts[1])) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "model URI '", uri, "' must be hf://ORG/NAME[@REVISION] with ORG and NAME of [A-Za-z0-9._-]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("model URI '", uri,
+                     "' must be hf://ORG/NAME[@REVISION] with ORG and NAME of [A-Za-z0-9._-]"));
   }
   ref.org = std::string(parts[0]);
   ref.name = std::string(parts[1]);
@@ -309,9 +309,8 @@ absl::StatusOr<FetchedFile> HfHub::FetchFile(const HfModelRef& ref, const std::s
     std::error_code ec;
     fs::create_directories(fs::path(dest).parent_path(), ec);
     if (ec) {
-      return absl::InternalError(
-          absl::StrCat("cannot create '", fs::path(dest).parent_path().string(), "': ",
-                       ec.message()));
+      return absl::InternalError(absl::StrCat(
+          "cannot create '", fs::path(dest).parent_path().string(), "': ", ec.message()));
     }
   }
 #ifdef GPTQ_HUB_HAVE_CURL
@@ -374,13 +373,12 @@ absl::StatusOr<FetchedFile> HfHub::FetchFile(const HfModelRef& ref, const std::s
       continue;  // transient: retry, resuming the .part
     }
     if (t.status == 404) {
-      return absl::NotFoundError(
-          absl::StrCat(what, " not found (HTTP 404 from ", url, ")"));
+      return absl::NotFoundError(absl::StrCat(what, " not found (HTTP 404 from ", url, ")"));
     }
     if (t.status == 401 || t.status == 403) {
-      return absl::PermissionDeniedError(absl::StrCat(
-          "access to ", what, " denied (HTTP ", t.status, " from ", url,
-          "); set HF_TOKEN for gated or private repositories"));
+      return absl::PermissionDeniedError(
+          absl::StrCat("access to ", what, " denied (HTTP ", t.status, " from ", url,
+                       "); set HF_TOKEN for gated or private repositories"));
     }
     if (t.status == 416 && t.resuming) {
       // The .part is at least as long as the file: complete, or garbage. Check it below when
@@ -408,17 +406,17 @@ absl::StatusOr<FetchedFile> HfHub::FetchFile(const HfModelRef& ref, const std::s
       }
       const int64_t size = FileSize(part);
       if (total >= 0 && size != total) {
-        last = absl::UnavailableError(absl::StrCat("download of ", what, " ended at ", size,
-                                                   " of ", total, " bytes"));
+        last = absl::UnavailableError(
+            absl::StrCat("download of ", what, " ended at ", size, " of ", total, " bytes"));
         continue;  // resume
       }
     } else if (t.status >= 500 || t.status == 429) {
-      last = absl::UnavailableError(absl::StrCat("HTTP ", t.status, " from ", url, " for ",
-                                                 what, ": ", t.error_body));
+      last = absl::UnavailableError(
+          absl::StrCat("HTTP ", t.status, " from ", url, " for ", what, ": ", t.error_body));
       continue;
     } else {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "HTTP ", t.status, " from ", url, " for ", what, ": ", t.error_body));
+      return absl::FailedPreconditionError(
+          absl::StrCat("HTTP ", t.status, " from ", url, " for ", what, ": ", t.error_body));
     }
 
     GPTQ_ASSIGN_OR_RETURN(std::string sha, Sha256File(part));
@@ -446,9 +444,9 @@ absl::StatusOr<FetchedFile> HfHub::FetchFile(const HfModelRef& ref, const std::s
   return last;
 #else
   (void)cancelled;
-  return absl::UnimplementedError(absl::StrCat(
-      "cannot fetch '", file, "' of ", ref.ToString(),
-      ": this worker was built without libcurl (hf:// downloads unavailable)"));
+  return absl::UnimplementedError(
+      absl::StrCat("cannot fetch '", file, "' of ", ref.ToString(),
+                   ": this worker was built without libcurl (hf:// downloads unavailable)"));
 #endif
 }
 
@@ -484,9 +482,9 @@ absl::StatusOr<Snapshot> HfHub::FetchModel(const HfModelRef& ref, const CancelFn
     std::set<std::string> shards;
     for (const auto& [tensor, shard] : j["weight_map"].items()) {
       if (!shard.is_string()) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "model.safetensors.index.json of ", ref.ToString(), ": weight_map[\"", tensor,
-            "\"] is not a string"));
+        return absl::FailedPreconditionError(absl::StrCat("model.safetensors.index.json of ",
+                                                          ref.ToString(), ": weight_map[\"", tensor,
+                                                          "\"] is not a string"));
       }
       shards.insert(shard.get<std::string>());
     }

@@ -40,41 +40,41 @@ std::string DataModels() { return std::string(GPTQ_TEST_DATA_ROOT) + "/models"; 
 class FakeHub {
  public:
   explicit FakeHub(std::string root) : root_(std::move(root)) {
-    server_.Get(R"(/([^/]+)/([^/]+)/resolve/([^/]+)/(.+))", [this](const httplib::Request& req,
-                                                                  httplib::Response& res) {
-      const std::string name = req.matches[2], file = req.matches[4];
-      Record(req);
-      const std::string path = root_ + "/" + name + "/" + file;
-      if (!fs::is_regular_file(path)) {
-        res.status = 404;
-        res.set_content("Entry not found", "text/plain");
-        return;
-      }
-      const std::string body = ReadAll(path);
-      std::string sha = Sha256Hex(body);
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        if (wrong_sha_) sha = std::string(64, 'a');
-        if (!send_sha_) sha.clear();
-      }
-      if (body.size() > 4096) {
-        res.status = 302;
-        res.set_header("Location", "/cdn/" + name + "/" + file);
-        if (!sha.empty()) res.set_header("X-Linked-ETag", "\"" + sha + "\"");
-        return;
-      }
-      if (!sha.empty()) res.set_header("ETag", "\"" + sha + "\"");
-      res.set_content(body, "application/octet-stream");
-    });
-    server_.Get(R"(/cdn/([^/]+)/(.+))", [this](const httplib::Request& req,
-                                               httplib::Response& res) {
-      Record(req);
-      const std::string path = root_ + "/" + std::string(req.matches[1]) + "/" +
-                               std::string(req.matches[2]);
-      // The CDN's own ETag is not a sha256 (like S3's MD5-based ones).
-      res.set_header("ETag", "\"0123abcd\"");
-      res.set_content(ReadAll(path), "application/octet-stream");
-    });
+    server_.Get(R"(/([^/]+)/([^/]+)/resolve/([^/]+)/(.+))",
+                [this](const httplib::Request& req, httplib::Response& res) {
+                  const std::string name = req.matches[2], file = req.matches[4];
+                  Record(req);
+                  const std::string path = root_ + "/" + name + "/" + file;
+                  if (!fs::is_regular_file(path)) {
+                    res.status = 404;
+                    res.set_content("Entry not found", "text/plain");
+                    return;
+                  }
+                  const std::string body = ReadAll(path);
+                  std::string sha = Sha256Hex(body);
+                  {
+                    std::lock_guard<std::mutex> lock(mu_);
+                    if (wrong_sha_) sha = std::string(64, 'a');
+                    if (!send_sha_) sha.clear();
+                  }
+                  if (body.size() > 4096) {
+                    res.status = 302;
+                    res.set_header("Location", "/cdn/" + name + "/" + file);
+                    if (!sha.empty()) res.set_header("X-Linked-ETag", "\"" + sha + "\"");
+                    return;
+                  }
+                  if (!sha.empty()) res.set_header("ETag", "\"" + sha + "\"");
+                  res.set_content(body, "application/octet-stream");
+                });
+    server_.Get(R"(/cdn/([^/]+)/(.+))",
+                [this](const httplib::Request& req, httplib::Response& res) {
+                  Record(req);
+                  const std::string path =
+                      root_ + "/" + std::string(req.matches[1]) + "/" + std::string(req.matches[2]);
+                  // The CDN's own ETag is not a sha256 (like S3's MD5-based ones).
+                  res.set_header("ETag", "\"0123abcd\"");
+                  res.set_content(ReadAll(path), "application/octet-stream");
+                });
     port_ = server_.bind_to_any_port("127.0.0.1");
     thread_ = std::thread([this] { server_.listen_after_bind(); });
     while (!server_.is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
@@ -139,10 +139,10 @@ class HfHubTest : public ::testing::Test {
   fs::path cache_;
 };
 
-#define SKIP_WITHOUT_DATA()                                                              \
-  if (!HaveData()) {                                                                     \
-    GTEST_SKIP() << "test data absent: " << DataModels() << "/stories260K-hf (set "      \
-                 << "GPTQ_TEST_DATA_ROOT at configure time)";                            \
+#define SKIP_WITHOUT_DATA()                                                         \
+  if (!HaveData()) {                                                                \
+    GTEST_SKIP() << "test data absent: " << DataModels() << "/stories260K-hf (set " \
+                 << "GPTQ_TEST_DATA_ROOT at configure time)";                       \
   }
 
 TEST(ParseHfUriTest, ParsesOrgNameAndRevision) {
@@ -188,11 +188,10 @@ TEST_F(HfHubTest, FetchesModelThroughRedirectAndCachesIt) {
     EXPECT_EQ(ReadAll(snap->dir + "/" + f.path), ReadAll(src)) << f.path;
     EXPECT_FALSE(fs::exists(snap->dir + "/" + f.path + ".part"));
   }
-  EXPECT_THAT(names, ::testing::ElementsAre("config.json", "model.safetensors",
-                                            "generation_config.json"));
+  EXPECT_THAT(names,
+              ::testing::ElementsAre("config.json", "model.safetensors", "generation_config.json"));
   // The big file went through the redirect.
-  EXPECT_THAT(server.requests(),
-              ::testing::Contains("/cdn/stories260K-hf/model.safetensors "));
+  EXPECT_THAT(server.requests(), ::testing::Contains("/cdn/stories260K-hf/model.safetensors "));
   const std::string manifest = ReadAll(snap->dir + "/.gptq-hub-manifest.json");
   EXPECT_THAT(manifest, ::testing::HasSubstr(*Sha256File(snap->dir + "/model.safetensors")));
 
@@ -261,8 +260,7 @@ TEST_F(HfHubTest, WithoutServerChecksumStillRecordsSha256) {
   HfHub hub(Options(server));
   auto snap = hub.FetchModel({"local", "stories260K-hf", "main"});
   ASSERT_TRUE(snap.ok()) << snap.status();
-  EXPECT_EQ(snap->files[1].sha256,
-            *Sha256File(DataModels() + "/stories260K-hf/model.safetensors"));
+  EXPECT_EQ(snap->files[1].sha256, *Sha256File(DataModels() + "/stories260K-hf/model.safetensors"));
 }
 
 TEST_F(HfHubTest, MissingRequiredFileIsNotFound) {
@@ -302,10 +300,9 @@ TEST_F(HfHubTest, FetchesShardsNamedByTheIndex) {
   ASSERT_TRUE(snap.ok()) << snap.status();
   std::vector<std::string> names;
   for (const FetchedFile& f : snap->files) names.push_back(f.path);
-  EXPECT_THAT(names, ::testing::ElementsAre(
-                         "config.json", "model.safetensors.index.json",
-                         "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
-                         "tokenizer.json"));
+  EXPECT_THAT(names, ::testing::ElementsAre("config.json", "model.safetensors.index.json",
+                                            "model-00001-of-00002.safetensors",
+                                            "model-00002-of-00002.safetensors", "tokenizer.json"));
   EXPECT_EQ(ReadAll(snap->dir + "/model-00001-of-00002.safetensors"), std::string(5000, '1'));
 }
 

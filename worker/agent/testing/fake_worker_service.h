@@ -4,6 +4,8 @@
 #ifndef GPTQ_WORKER_AGENT_TESTING_FAKE_WORKER_SERVICE_H_
 #define GPTQ_WORKER_AGENT_TESTING_FAKE_WORKER_SERVICE_H_
 
+#include <grpcpp/grpcpp.h>
+
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -15,8 +17,6 @@
 #include <set>
 #include <string>
 #include <vector>
-
-#include <grpcpp/grpcpp.h>
 
 #include "gptq/worker/v1/worker.grpc.pb.h"
 
@@ -216,8 +216,8 @@ class FakeServer {
  public:
   explicit FakeServer(FakeWorkerService* service, int port = 0) {
     grpc::ServerBuilder builder;
-    builder.AddListeningPort("127.0.0.1:" + std::to_string(port),
-                             grpc::InsecureServerCredentials(), &port_);
+    builder.AddListeningPort("127.0.0.1:" + std::to_string(port), grpc::InsecureServerCredentials(),
+                             &port_);
     builder.RegisterService(service);
     server_ = builder.BuildAndStart();
   }

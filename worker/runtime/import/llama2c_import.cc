@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "gptq/status_macros.h"
 #include "nlohmann/json.hpp"
+#include "worker/runtime/tokenizer/sentencepiece_model.h"
 #include "worker/runtime/tokenizer/tokenizer.h"
 
 namespace gptq::runtime {
@@ -264,6 +265,16 @@ absl::StatusOr<std::vector<WrittenFile>> ImportLlama2c(const ImportLlama2cOption
   if (!options.tokenizer_path.empty()) {
     GPTQ_ASSIGN_OR_RETURN(tokenizer_model,
                           tokenizer::BuildSentencePieceModelFromLlama2c(options.tokenizer_path));
+    // tokenizer.bin does not record its size (run.c reads vocab_size from the model), so a
+    // tokenizer of another model is only caught by counting.
+    GPTQ_ASSIGN_OR_RETURN(const tokenizer::ModelProto proto,
+                          tokenizer::ModelProto::Parse(tokenizer_model, options.tokenizer_path));
+    if (proto.pieces.size() != static_cast<size_t>(c.vocab_size)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "llama2.c tokenizer ", options.tokenizer_path, " has ", proto.pieces.size(),
+          " pieces but model ", path, " has vocab_size ", c.vocab_size,
+          " (a tokenizer.bin of another model?)"));
+    }
   }
 
   CheckpointWriterOptions writer_options;

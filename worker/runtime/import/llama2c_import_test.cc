@@ -430,6 +430,15 @@ TEST(ImportLlama2cTest, BadInputsFailCleanly) {
   options.tokenizer_path = root + "/absent_tokenizer.bin";
   EXPECT_EQ(ImportLlama2c(options).status().code(), absl::StatusCode::kNotFound);
   EXPECT_FALSE(fs::exists(options.output_dir));
+  // A tokenizer of another model (512 pieces for a vocab of 10).
+  const std::string tok512 = DataRoot() + "/models/stories260K-hf/tok512.bin";
+  if (fs::exists(tok512)) {
+    options.tokenizer_path = tok512;
+    s = ImportLlama2c(options).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(s.message(), HasSubstr("has 512 pieces but model"));
+    EXPECT_FALSE(fs::exists(options.output_dir));
+  }
 
   // The command: usage errors exit 2, failures 1, success 0 (GQA kv_dim 4 shapes checked).
   EXPECT_EQ(ImportLlama2cCommand({}), 2);

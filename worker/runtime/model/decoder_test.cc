@@ -211,7 +211,7 @@ TEST_P(FixtureTest, LogitsMatchTransformers) {
   EXPECT_LT(err, 1e-4 * std::max(1.0, expected.abs().max().item<double>())) << GetParam();
 }
 
-INSTANTIATE_TEST_SUITE_P(Families, FixtureTest, ::testing::Values("llama", "mistral", "qwen2"));
+INSTANTIATE_TEST_SUITE_P(Families, FixtureTest, ::testing::Values("llama", "llama3rope", "mistral", "qwen2"));
 
 }  // namespace
 }  // namespace gptq::runtime

@@ -185,6 +185,21 @@ absl::Status Tokenizer::Init(std::string_view source_name) {
   bos_id_ = id_or_none(ts.GetInt(trainer_field::kBosId, 1));
   eos_id_ = id_or_none(ts.GetInt(trainer_field::kEosId, 2));
   pad_id_ = id_or_none(ts.GetInt(trainer_field::kPadId, -1));
+  // Separators for Encode: ASCII bytes that occur in no mergeable piece longer than one byte.
+  // Off when UNUSED pieces exist: their resegmentation depends on the candidate order over the
+  // whole text (SentencePiece's `rev_merge`), which segmenting would change.
+  bool has_unused = false;
+  for (int b = 0; b < 128; ++b) separator_[b] = true;
+  for (const SentencePiece& sp : model_.pieces) {
+    const bool mergeable = sp.type == PieceType::kNormal || sp.type == PieceType::kUserDefined ||
+                           sp.type == PieceType::kUnused;
+    has_unused = has_unused || sp.type == PieceType::kUnused;
+    if (!mergeable || sp.piece.size() < 2) continue;
+    for (char c : sp.piece) {
+      if (static_cast<uint8_t>(c) < 128) separator_[static_cast<uint8_t>(c)] = false;
+    }
+  }
+  split_at_separators_ = !has_unused;
   const int64_t spec_unk = ts.GetInt(trainer_field::kUnkId, 0);
   if (spec_unk != unk_id_) {
     return invalid("trainer_spec.unk_id is ", spec_unk, " but the UNKNOWN piece has id ", unk_id_);
@@ -311,9 +326,31 @@ std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool add_bos) cons
   std::vector<int32_t> out;
   if (add_bos && bos_id_ >= 0) out.push_back(bos_id_);
   const std::string normalized = Normalize(text);
-  if (normalized.empty()) return out;
   const std::string_view norm(normalized);
+  bool prev_unk = false;
+  if (!split_at_separators_) {
+    if (!norm.empty()) EncodeSegment(norm, &prev_unk, &out);
+    return out;
+  }
+  // A separator (an ASCII character no multi-character mergeable piece contains, e.g. '\n' in
+  // Llama-2's vocabulary) can never be merged with a neighbour, so no merge crosses it and the
+  // text between separators can be encoded on its own: the same merges, in a much smaller heap.
+  size_t segment_start = 0;
+  for (size_t i = 0; i < norm.size(); ++i) {
+    if (!separator_[static_cast<uint8_t>(norm[i])]) continue;
+    if (i > segment_start) {
+      EncodeSegment(norm.substr(segment_start, i - segment_start), &prev_unk, &out);
+    }
+    const std::string_view c = norm.substr(i, 1);
+    AppendIds(c, PieceToId(c), &prev_unk, &out);
+    segment_start = i + 1;
+  }
+  if (segment_start < norm.size()) EncodeSegment(norm.substr(segment_start), &prev_unk, &out);
+  return out;
+}
 
+void Tokenizer::EncodeSegment(std::string_view norm, bool* prev_unk,
+                              std::vector<int32_t>* out) const {
   // Split into characters; user-defined symbols are whole, frozen symbols.
   std::vector<Symbol> symbols;
   symbols.reserve(norm.size());
@@ -373,7 +410,6 @@ std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool add_bos) cons
 
   // Final pieces; UNUSED pieces are split back into the pieces they were merged from.
   std::vector<std::string_view> stack;
-  bool prev_unk = false;
   for (int32_t index = 0; index != -1; index = symbols[index].next) {
     stack.push_back(view(symbols[index]));
     while (!stack.empty()) {
@@ -388,10 +424,9 @@ std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool add_bos) cons
           continue;
         }
       }
-      AppendIds(w, id, &prev_unk, &out);
+      AppendIds(w, id, prev_unk, out);
     }
   }
-  return out;
 }
 
 std::vector<int32_t> Tokenizer::EncodeReference(std::string_view text, bool add_bos) const {

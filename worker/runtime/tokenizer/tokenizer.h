@@ -77,6 +77,8 @@ class Tokenizer {
   void AppendIds(std::string_view piece, int32_t id, bool* prev_unk,
                  std::vector<int32_t>* out) const;
   bool IsMergeable(int32_t id) const;
+  // BPE over one stretch of normalized text (SentencePiece's bpe::Model::Encode), appending ids.
+  void EncodeSegment(std::string_view normalized, bool* prev_unk, std::vector<int32_t>* out) const;
 
   // Constant after construction.
   ModelProto model_;
@@ -87,6 +89,8 @@ class Tokenizer {
   std::vector<std::string> user_defined_;  // matched as whole symbols, never split
   int32_t byte_ids_[256] = {};
   bool byte_fallback_ = false;
+  bool separator_[256] = {};  // see Init
+  bool split_at_separators_ = false;
   int32_t unk_id_ = -1;
   int32_t bos_id_ = -1;
   int32_t eos_id_ = -1;

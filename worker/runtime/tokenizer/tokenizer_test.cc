@@ -174,6 +174,10 @@ TEST(TokenizerTest, RealModelBasics) {
   EXPECT_EQ(t.IdToPiece(15043), "\xe2\x96\x81Hello");
   EXPECT_EQ(t.PieceToId("no such piece"), -1);
   EXPECT_EQ(t.IdToPiece(32000), "");
+  // The model directory works as well as the file.
+  auto from_dir = Tokenizer::Load(DataRoot() + "/models/stories15M-hf");
+  ASSERT_TRUE(from_dir.ok()) << from_dir.status();
+  EXPECT_EQ((*from_dir)->Encode("Once upon a time", false), t.Encode("Once upon a time", false));
 }
 
 // Odd inputs, one per line ("\n" inside a line is written as "\\n"), against the library.
