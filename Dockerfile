@@ -11,7 +11,7 @@ RUN bash deploy/setup-deps.sh && bash deploy/build.sh -DGPTQ_BUILD_TESTS=OFF
 FROM debian:bookworm
 RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
       libgrpc++1.51 libgrpc++-dev libprotobuf32 libtorch-dev libopenblas0-pthread libsqlite3-0 \
-      libcurl4 ca-certificates && rm -rf /var/lib/apt/lists/*
+      libcurl4 libcpp-httplib0.11 libabsl20220623 ca-certificates && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/build/bin/ /usr/local/bin/
 EXPOSE 50051 9090
 ENTRYPOINT ["gptq-server", "--listen", "0.0.0.0:50051", "--metrics-listen", "0.0.0.0:9090", \

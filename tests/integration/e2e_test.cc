@@ -202,13 +202,14 @@ TEST_F(EndToEndTest, GptqctlWaitShowsPerplexityBeforeAndAfterOnStories15M) {
 
 TEST_F(EndToEndTest, CancelOfARunningJobEndsCancelledWithinTwoSecondsWithoutOutput) {
   const std::string out = outputs_ + "/cancelled";
-  // Long enough to be cancelled mid-way: many calibration windows.
-  Job job = Create(Stories260KRequest(out, /*nsamples=*/1024, /*seqlen=*/256, 8192));
-  auto running = WaitForJob(
-      server_->stub(), job.id(),
-      [](const Job& j) { return j.state() == gptq::v1::JOB_STATE_RUNNING || IsTerminal(j.state()); },
-      std::chrono::seconds(60));
-  ASSERT_TRUE(running.ok()) << running.status() << server_->LogTail();
+  // Long enough to be cancelled mid-way (many calibration windows: seconds per module group),
+  // cancelled once the first module is done, i.e. in the middle of the layer loop.
+  Job job = Create(Stories260KRequest(out, /*nsamples=*/512, /*seqlen=*/256, 8192));
+  ASSERT_TRUE(WaitForModuleProgress(server_->stub(), job.id(), std::chrono::seconds(120)))
+      << server_->LogTail();
+  auto running = WaitForJob(server_->stub(), job.id(), [](const Job&) { return true; },
+                            std::chrono::seconds(10));
+  ASSERT_TRUE(running.ok()) << running.status();
   ASSERT_EQ(running->state(), gptq::v1::JOB_STATE_RUNNING) << "finished before it could be cancelled";
 
   const auto start = std::chrono::steady_clock::now();
@@ -238,8 +239,7 @@ TEST_F(EndToEndTest, MetricsScrapedDuringAJobPassPromtool) {
   if (!fs::exists("/usr/bin/promtool")) {
     GTEST_SKIP() << "promtool not installed (Debian package prometheus; deploy/setup-deps.sh)";
   }
-  Job job = Create(Stories260KRequest(outputs_ + "/metrics", /*nsamples=*/1024, /*seqlen=*/256,
-                                      8192));
+  Job job = Create(Stories260KRequest(outputs_ + "/metrics", /*nsamples=*/256, /*seqlen=*/128));
   auto running = WaitForJob(server_->stub(), job.id(),
                             [](const Job& j) { return j.state() != gptq::v1::JOB_STATE_QUEUED; },
                             std::chrono::seconds(60));

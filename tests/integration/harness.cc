@@ -5,6 +5,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -99,8 +100,10 @@ absl::Status Process::Start(const std::vector<std::string>& argv, const std::str
     return absl::InternalError(absl::StrCat("fork: ", strerror(errno)));
   }
   if (pid == 0) {
-    // Own process group, so a stop reaches what the child starts only through the child.
+    // Own process group, so a stop reaches what the child starts only through the child; and
+    // killed with the test process (e.g. on a CTest timeout) instead of being orphaned.
     setpgid(0, 0);
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
     int devnull = open("/dev/null", O_RDONLY);
     dup2(devnull, 0);
     dup2(log_fd, 1);

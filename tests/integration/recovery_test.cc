@@ -62,12 +62,17 @@ class RecoveryTest : public ::testing::Test {
     ASSERT_EQ(done->state(), gptq::v1::JOB_STATE_SUCCEEDED)
         << done->error().message() << "\n" << server_->LogTail();
     std::vector<std::string> reported;
-    for (const auto& f : done->results().files()) {
-      reported.push_back(fs::path(out).filename().string() + "/" + f.path());
-    }
+    for (const auto& f : done->results().files()) reported.push_back(f.path());
     std::sort(reported.begin(), reported.end());
     ASSERT_FALSE(reported.empty());
-    EXPECT_EQ(ListFiles(outputs_), reported) << "output written once, no leftovers";
+    EXPECT_EQ(ListFiles(out), reported) << "the output directory holds exactly one checkpoint";
+    // Nothing else under the output root: no second copy, no temp/spool dir of a dead attempt.
+    std::vector<std::string> others;
+    for (const auto& entry : fs::directory_iterator(outputs_)) {
+      if (entry.path() != fs::path(out)) others.push_back(entry.path().filename().string());
+    }
+    EXPECT_THAT(others, ::testing::IsEmpty())
+        << "left beside the output (e.g. a killed attempt's temp dir): " << ::testing::PrintToString(ListFiles(outputs_));
 
     grpc::ClientContext ctx;
     gptq::v1::ListJobsResponse list;
@@ -98,7 +103,7 @@ TEST_F(RecoveryTest, ServerKilledMidJobRestartsOnTheSameDbAndTheJobCompletes) {
   Worker worker(tmp_.Sub("worker-a.log"));
   ASSERT_TRUE(worker.Start(server_->address()).ok());
   const std::string out = outputs_ + "/q";
-  Job job = Create(Stories260KRequest(out, /*nsamples=*/1024, /*seqlen=*/256, 8192));
+  Job job = Create(Stories260KRequest(out, /*nsamples=*/128, /*seqlen=*/128));
   auto mid = WaitMidJob(job.id());
   ASSERT_TRUE(mid.ok()) << mid.status() << "\n" << worker.LogTail();
   ASSERT_EQ(mid->state(), gptq::v1::JOB_STATE_RUNNING) << "finished before the kill";
@@ -114,7 +119,7 @@ TEST_F(RecoveryTest, WorkerKilledMidJobIsRequeuedAndCompletesOnANewWorker) {
   auto first = std::make_unique<Worker>(tmp_.Sub("worker-a.log"));
   ASSERT_TRUE(first->Start(server_->address()).ok());
   const std::string out = outputs_ + "/q";
-  Job job = Create(Stories260KRequest(out, /*nsamples=*/1024, /*seqlen=*/256, 8192));
+  Job job = Create(Stories260KRequest(out, /*nsamples=*/128, /*seqlen=*/128));
   auto mid = WaitMidJob(job.id());
   ASSERT_TRUE(mid.ok()) << mid.status() << "\n" << first->LogTail();
   ASSERT_EQ(mid->state(), gptq::v1::JOB_STATE_RUNNING) << "finished before the kill";

@@ -256,11 +256,6 @@ std::string Tokenizer::Normalize(std::string_view input) const {
   return out;
 }
 
-bool Tokenizer::IsMergeable(int32_t id) const {
-  const PieceType t = model_.pieces[id].type;
-  return t == PieceType::kNormal || t == PieceType::kUserDefined || t == PieceType::kUnused;
-}
-
 int32_t Tokenizer::PieceToId(std::string_view piece) const {
   if (auto it = reserved_.find(piece); it != reserved_.end()) return it->second;
   if (auto it = pieces_.find(piece); it != pieces_.end()) return it->second;

@@ -76,7 +76,6 @@ class Tokenizer {
   // of them (`prev_unk` carries the run between calls).
   void AppendIds(std::string_view piece, int32_t id, bool* prev_unk,
                  std::vector<int32_t>* out) const;
-  bool IsMergeable(int32_t id) const;
   // BPE over one stretch of normalized text (SentencePiece's bpe::Model::Encode), appending ids.
   void EncodeSegment(std::string_view normalized, bool* prev_unk, std::vector<int32_t>* out) const;
 

@@ -26,6 +26,15 @@ constexpr uint32_t kRoundConstants[64] = {
 
 inline uint32_t RotateRight(uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
 
+// Message schedule word r (0..63) over a 16-word ring: W[r] for r >= 16 replaces W[r - 16].
+inline uint32_t Schedule(uint32_t* w, int r) {
+  if (r < 16) return w[r];
+  const uint32_t w2 = w[(r - 2) & 15], w15 = w[(r - 15) & 15];
+  w[r & 15] += (RotateRight(w2, 17) ^ RotateRight(w2, 19) ^ (w2 >> 10)) + w[(r - 7) & 15] +
+               (RotateRight(w15, 7) ^ RotateRight(w15, 18) ^ (w15 >> 3));
+  return w[r & 15];
+}
+
 }  // namespace
 
 Sha256::Sha256()
@@ -43,17 +52,11 @@ void Sha256::Compress(const uint8_t* block) {
   }
   uint32_t a = state_[0], b = state_[1], c = state_[2], d = state_[3];
   uint32_t e = state_[4], f = state_[5], g = state_[6], h = state_[7];
-#define GPTQ_SHA256_SCHEDULE(i)                                                          \
-  (i < 16 ? w[i]                                                                         \
-          : (w[i & 15] += (RotateRight(w[(i - 2) & 15], 17) ^                            \
-                           RotateRight(w[(i - 2) & 15], 19) ^ (w[(i - 2) & 15] >> 10)) + \
-                          w[(i - 7) & 15] +                                              \
-                          (RotateRight(w[(i - 15) & 15], 7) ^                            \
-                           RotateRight(w[(i - 15) & 15], 18) ^ (w[(i - 15) & 15] >> 3))))
 #define GPTQ_SHA256_ROUND(a, b, c, d, e, f, g, h, i)                                       \
   do {                                                                                     \
+    const int r = (i);                                                                     \
     const uint32_t t1 = h + (RotateRight(e, 6) ^ RotateRight(e, 11) ^ RotateRight(e, 25)) + \
-                        ((e & f) ^ (~e & g)) + kRoundConstants[i] + GPTQ_SHA256_SCHEDULE(i);  \
+                        ((e & f) ^ (~e & g)) + kRoundConstants[r] + Schedule(w, r);          \
     const uint32_t t2 = (RotateRight(a, 2) ^ RotateRight(a, 13) ^ RotateRight(a, 22)) +    \
                         ((a & b) ^ (a & c) ^ (b & c));                                     \
     d += t1;                                                                               \
@@ -70,7 +73,6 @@ void Sha256::Compress(const uint8_t* block) {
     GPTQ_SHA256_ROUND(b, c, d, e, f, g, h, a, i + 7);
   }
 #undef GPTQ_SHA256_ROUND
-#undef GPTQ_SHA256_SCHEDULE
   state_[0] += a;
   state_[1] += b;
   state_[2] += c;
