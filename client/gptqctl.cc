@@ -6,6 +6,7 @@
 #include <sstream>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "google/protobuf/util/json_util.h"
@@ -95,12 +96,17 @@ class WaitRenderer {
       }
       case JobEvent::kLog: {
         const auto& l = e.log();
-        if (l.level() == gptq::v1::LogLine::LEVEL_WARNING ||
-            l.level() == gptq::v1::LogLine::LEVEL_ERROR) {
-          PrintLine(absl::StrCat(
-              l.level() == gptq::v1::LogLine::LEVEL_ERROR ? "error: " : "warning: ",
-              l.message()));
+        const char* prefix = "";
+        if (l.level() == gptq::v1::LogLine::LEVEL_WARNING) prefix = "warning: ";
+        if (l.level() == gptq::v1::LogLine::LEVEL_ERROR) prefix = "error: ";
+        // The worker announces stages as "stage NAME[: detail]": shown in the live line too.
+        if (absl::StartsWith(l.message(), "stage ")) {
+          std::string stage = l.message().substr(6);
+          stage = stage.substr(0, stage.find_first_of(": "));
+          progress_.set_stage(stage);
         }
+        PrintLine(absl::StrCat(prefix, l.message()));
+        if (c_.tty) Redraw();
         break;
       }
       case JobEvent::kArtifact:

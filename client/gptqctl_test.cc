@@ -189,6 +189,10 @@ class FakeService final : public gptq::v1::QuantizationService::Service {
       e.mutable_perplexity()->set_phase("before");
       e.mutable_perplexity()->set_value(10.0);
     });
+    add([](JobEvent& e) {
+      e.mutable_log()->set_level(gptq::v1::LogLine::LEVEL_INFO);
+      e.mutable_log()->set_message("stage quantize: layer 1/2");
+    });
     int n = 0;
     for (int layer = 0; layer < 2; ++layer) {
       for (const char* module : {"self_attn.q_proj", "mlp.down_proj"}) {
@@ -282,6 +286,7 @@ TEST_F(GptqctlTest, SubmitWaitShowsOneLinePerLayerAndTheResults) {
   EXPECT_THAT(out, HasSubstr("layer 1/2 [###############---------------]  50%  2 modules"));
   EXPECT_THAT(out, HasSubstr("layer 2/2 [##############################] 100%  2 modules"));
   EXPECT_THAT(out, HasSubstr("state RUNNING -> SUCCEEDED\n"));
+  EXPECT_THAT(out, HasSubstr("\nstage quantize: layer 1/2\n"));
   EXPECT_THAT(out, HasSubstr("job job-ok succeeded\n"));
   EXPECT_THAT(out, HasSubstr("tinystories         64       4096    10.0000    11.0000  +10.00%"));
   EXPECT_THAT(out, HasSubstr("output: /out/q (1 file"));
@@ -314,7 +319,7 @@ TEST_F(GptqctlTest, CancelledJobExitsOne) {
 
 TEST_F(GptqctlTest, WaitResumesAfterTheStreamDropsWithoutRepeatingEvents) {
   ASSERT_EQ(Run({"submit", "--model", "/flaky", "--output", "/o", "--wait"}), 0) << err_.str();
-  EXPECT_THAT(service_.watch_from(), ::testing::ElementsAre(1, 4));
+  EXPECT_THAT(service_.watch_from(), ::testing::ElementsAre(1, 4));  // dropped after #3
   const std::string out = out_.str();
   EXPECT_EQ(out.find("perplexity tinystories before"),
             out.rfind("perplexity tinystories before"));
@@ -362,13 +367,14 @@ TEST_F(GptqctlTest, WatchPrintsEveryEventAndJsonLines) {
   ASSERT_EQ(Run({"submit", "--model", "/m", "--output", "/o"}), 0);
   ASSERT_EQ(Run({"watch", "job-ok"}), 0) << err_.str();
   EXPECT_THAT(out_.str(), HasSubstr("#1 state QUEUED -> RUNNING (leased by worker w-1) attempt 1\n"));
-  EXPECT_THAT(out_.str(), HasSubstr("#8 state RUNNING -> SUCCEEDED attempt 1\n"));
-  ASSERT_EQ(Run({"watch", "job-ok", "--from", "7", "--json"}), 0);
+  EXPECT_THAT(out_.str(), HasSubstr("#3 log info: stage quantize: layer 1/2\n"));
+  EXPECT_THAT(out_.str(), HasSubstr("#9 state RUNNING -> SUCCEEDED attempt 1\n"));
+  ASSERT_EQ(Run({"watch", "job-ok", "--from", "8", "--json"}), 0);
   std::vector<std::string> lines = absl::StrSplit(out_.str(), '\n', absl::SkipEmpty());
   ASSERT_EQ(lines.size(), 2u) << out_.str();
   JobEvent e;
   ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(lines[0], &e).ok());
-  EXPECT_EQ(e.sequence(), 7);
+  EXPECT_EQ(e.sequence(), 8);
   EXPECT_EQ(e.perplexity().phase(), "after");
 }
 

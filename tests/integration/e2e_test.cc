@@ -198,6 +198,20 @@ TEST_F(EndToEndTest, GptqctlWaitShowsPerplexityBeforeAndAfterOnStories15M) {
   EXPECT_THAT(r.out, HasSubstr(absl::StrFormat("%.4f", p.before())));
   EXPECT_THAT(r.out, HasSubstr(absl::StrFormat("%.4f", p.after())));
   EXPECT_GT(p.num_tokens(), 0);
+  EXPECT_EQ(p.seqlen(), 256);
+  // The perplexity events carry the same figures as the results.
+  auto events = WatchAll(server_->stub(), job.id(), std::chrono::seconds(30));
+  ASSERT_TRUE(events.ok()) << events.status();
+  int num_perplexity_events = 0;
+  for (const auto& e : *events) {
+    if (!e.has_perplexity()) continue;
+    ++num_perplexity_events;
+    EXPECT_EQ(e.perplexity().dataset(), "tinystories");
+    EXPECT_DOUBLE_EQ(e.perplexity().value(), e.perplexity().phase() == "before" ? p.before() : p.after());
+    EXPECT_EQ(e.perplexity().seqlen(), 256) << "PerplexityEvent.seqlen: window length used";
+    EXPECT_EQ(e.perplexity().num_tokens(), p.num_tokens());
+  }
+  EXPECT_EQ(num_perplexity_events, 2);
 }
 
 TEST_F(EndToEndTest, CancelOfARunningJobEndsCancelledWithinTwoSecondsWithoutOutput) {

@@ -91,6 +91,7 @@ void WorkerAgent::Stop() {
   stopping_.store(true);
   std::lock_guard<std::mutex> lock(mu_);
   if (lease_ctx_ != nullptr) lease_ctx_->TryCancel();
+  if (heartbeat_ctx_ != nullptr) heartbeat_ctx_->TryCancel();
   if (job_ != nullptr) job_->token.Cancel();
   cv_.notify_all();
 }
@@ -195,8 +196,7 @@ absl::Status WorkerAgent::Run() {
     ++num_jobs;
     if (options_.max_jobs > 0 && num_jobs >= options_.max_jobs) break;
   }
-  stopping_.store(true);
-  cv_.notify_all();
+  Stop();  // also ends a held Heartbeat call
   if (heartbeat_thread_.joinable()) heartbeat_thread_.join();
   return absl::OkStatus();
 }
@@ -244,7 +244,17 @@ void WorkerAgent::HeartbeatOnce() {
   grpc::ClientContext ctx;
   // The server may hold the call for a period; leave room for that.
   PrepareContext(&ctx, std::max(options_.rpc_timeout, 2 * period + absl::Seconds(5)));
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping()) return;
+    heartbeat_ctx_ = &ctx;
+  }
   const grpc::Status s = stub_->Heartbeat(&ctx, req, &resp);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    heartbeat_ctx_ = nullptr;
+  }
+  if (stopping()) return;
   if (!s.ok()) {
     if (s.error_code() == grpc::StatusCode::NOT_FOUND) {
       resp.set_reregister(true);

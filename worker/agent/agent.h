@@ -114,7 +114,8 @@ class WorkerAgent {
   std::string worker_id_ ABSL_GUARDED_BY(mu_);
   absl::Duration heartbeat_period_ ABSL_GUARDED_BY(mu_) = absl::Seconds(10);
   std::shared_ptr<ActiveJob> job_ ABSL_GUARDED_BY(mu_);
-  grpc::ClientContext* lease_ctx_ ABSL_GUARDED_BY(mu_) = nullptr;
+  grpc::ClientContext* lease_ctx_ ABSL_GUARDED_BY(mu_) = nullptr;      // in-flight LeaseJob
+  grpc::ClientContext* heartbeat_ctx_ ABSL_GUARDED_BY(mu_) = nullptr;  // in-flight Heartbeat
   std::thread heartbeat_thread_;
 };
 

@@ -306,6 +306,45 @@ TEST_F(AgentTest, CancelFromHeartbeatFinishesCancelledAndRemovesOutput) {
   EXPECT_EQ(releases_.load(), 1);
 }
 
+TEST_F(AgentTest, CancelReachesThroughAHeldHeartbeatAtOnce) {
+  // The server holds heartbeats of a running job for a whole period (here 3 s) and answers at
+  // once on cancel; the runner reports nothing, so only the heartbeat can carry the cancel.
+  FakeWorkerService held(/*heartbeat_seconds=*/3.0);
+  held.set_hold_heartbeats(true);
+  FakeServer held_server(&held);
+  ASSERT_TRUE(held_server.ok());
+  std::atomic<bool> runner_started{false};
+  auto runner = [&](const runtime::QuantizeOptions&, runtime::ProgressSink&,
+                    const runtime::CancelToken& cancel) -> absl::StatusOr<runtime::QuantizeReport> {
+    runner_started = true;
+    if (!WaitForCancel(cancel)) return absl::InternalError("never cancelled");
+    return absl::CancelledError("stopped");
+  };
+  held.QueueLease(MakeLease("job-h"));
+  AgentOptions options = Options();
+  options.max_jobs = 1;
+  StartAgent(runner, options, held_server.address());
+  ASSERT_TRUE(held.WaitFor([&](FakeWorkerService&) { return runner_started.load(); }, kWait));
+  // Wait until a heartbeat carrying the job is being held, then cancel.
+  ASSERT_TRUE(held.WaitFor(
+      [](FakeWorkerService& s) {
+        for (const auto& h : s.heartbeats_locked()) {
+          if (h.job_id() == "job-h") return true;
+        }
+        return false;
+      },
+      kWait));
+  const auto t0 = std::chrono::steady_clock::now();
+  held.RequestCancel("job-h");
+  ASSERT_TRUE(held.WaitFor([](FakeWorkerService& s) { return !s.finishes_locked().empty(); },
+                           kWait));
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_LT(seconds, 1.5) << "the cancel waited for the next heartbeat period";
+  EXPECT_EQ(held.finishes()[0].error().code(), 1);
+  JoinAgent();
+}
+
 TEST_F(AgentTest, LeaseLostCancelsAndDoesNotFinish) {
   std::atomic<bool> runner_started{false};
   std::atomic<bool> was_cancelled{false};

@@ -275,8 +275,8 @@ absl::Status ValidateWeight(const torch::Tensor& weight) {
                      std::string(c10::toString(weight.scalar_type()))));
   }
   if (weight.size(0) == 0 || weight.size(1) == 0) {
-    return absl::InvalidArgumentError(absl::StrCat("weight: empty shape [", weight.size(0),
-                                                   ", ", weight.size(1), "]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("weight: empty shape [", weight.size(0), ", ", weight.size(1), "]"));
   }
   return absl::OkStatus();
 }
@@ -380,9 +380,8 @@ absl::Status GptqImpl(const at::Tensor& weight, const at::Tensor& hessian,
     scales.push_back(grid.scale);
     zeros.push_back(grid.zero);
   }
-  FillResult(codes.index_select(0, ToDeviceIndex(inverse_perm, w.device())),
-             at::stack(scales, 0), at::stack(zeros, 0), ToDeviceIndex(g_idx, w.device()), config,
-             out);
+  FillResult(codes.index_select(0, ToDeviceIndex(inverse_perm, w.device())), at::stack(scales, 0),
+             at::stack(zeros, 0), ToDeviceIndex(g_idx, w.device()), config, out);
   out->loss = loss.item<double>() / 2;
   out->rtn_fallback = false;
   out->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -416,8 +415,7 @@ absl::Status ValidateConfig(const QuantConfig& config) {
   return absl::OkStatus();
 }
 
-HessianAccumulator::HessianAccumulator(int64_t columns, torch::Device device)
-    : columns_(columns) {
+HessianAccumulator::HessianAccumulator(int64_t columns, torch::Device device) : columns_(columns) {
   if (columns <= 0) {
     init_status_ = absl::InvalidArgumentError(
         absl::StrCat("HessianAccumulator: columns must be > 0, got ", columns));
@@ -438,9 +436,9 @@ absl::Status HessianAccumulator::AddBatch(const torch::Tensor& x) {
                      std::string(c10::toString(x.scalar_type()))));
   }
   if (x.dim() < 2) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "AddBatch: activations must be [tokens, K] or [batch, tokens, K], got ", x.dim(),
-        " dimension(s)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("AddBatch: activations must be [tokens, K] or [batch, tokens, K], got ",
+                     x.dim(), " dimension(s)"));
   }
   if (x.size(-1) != columns_) {
     return absl::InvalidArgumentError(absl::StrCat("AddBatch: activations have ", x.size(-1),
@@ -468,9 +466,9 @@ absl::StatusOr<QuantizedWeight> QuantizeGptq(const torch::Tensor& weight,
   if (!hessian.defined()) return absl::InvalidArgumentError("hessian: tensor is undefined");
   const int64_t k = weight.size(1);
   if (hessian.dim() != 2 || hessian.size(0) != k || hessian.size(1) != k) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "hessian: expected [", k, ", ", k, "] for a weight with in_features ", k, ", got [",
-        absl::StrJoin(hessian.sizes(), ", "), "]"));
+    return absl::InvalidArgumentError(absl::StrCat("hessian: expected [", k, ", ", k,
+                                                   "] for a weight with in_features ", k, ", got [",
+                                                   absl::StrJoin(hessian.sizes(), ", "), "]"));
   }
   if (!IsFloating(hessian)) {
     return absl::InvalidArgumentError(
@@ -478,9 +476,9 @@ absl::StatusOr<QuantizedWeight> QuantizeGptq(const torch::Tensor& weight,
                      std::string(c10::toString(hessian.scalar_type()))));
   }
   if (hessian.device() != weight.device()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "hessian is on ", hessian.device().str(), " but weight is on ", weight.device().str(),
-        "; both must be on the same device"));
+    return absl::InvalidArgumentError(absl::StrCat("hessian is on ", hessian.device().str(),
+                                                   " but weight is on ", weight.device().str(),
+                                                   "; both must be on the same device"));
   }
   QuantizedWeight out;
   GPTQ_RETURN_IF_ERROR(internal::RunGuarded(

@@ -153,7 +153,8 @@ int main(int argc, char** argv) {
           return 1;
         }
         q->codes.sum().item<int64_t>();  // results are complete (loss.item() synced already)
-        times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+        times.push_back(
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
       }
       const auto r0 = std::chrono::steady_clock::now();
       absl::StatusOr<gptq::QuantizedWeight> rtn = gptq::QuantizeRtn(w, opt.config);
@@ -161,12 +162,13 @@ int main(int argc, char** argv) {
       const double rtn_seconds =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - r0).count();
       const double median = Median(times);
-      std::printf("  %5ld x %5ld: median %.4f s (min %.4f, max %.4f) over %d runs; loss %.6g; "
-                  "damp %.4g; fallback %d; RTN %.4f s\n",
-                  static_cast<long>(n), static_cast<long>(k), median,
-                  *std::min_element(times.begin(), times.end()),
-                  *std::max_element(times.begin(), times.end()), opt.runs, q->loss, q->damp_used,
-                  q->rtn_fallback ? 1 : 0, rtn_seconds);
+      std::printf(
+          "  %5ld x %5ld: median %.4f s (min %.4f, max %.4f) over %d runs; loss %.6g; "
+          "damp %.4g; fallback %d; RTN %.4f s\n",
+          static_cast<long>(n), static_cast<long>(k), median,
+          *std::min_element(times.begin(), times.end()),
+          *std::max_element(times.begin(), times.end()), opt.runs, q->loss, q->damp_used,
+          q->rtn_fallback ? 1 : 0, rtn_seconds);
       json += "    {\"out_features\": " + std::to_string(n) +
               ", \"in_features\": " + std::to_string(k) +
               ", \"median_seconds\": " + std::to_string(median) + ", \"times\": [";

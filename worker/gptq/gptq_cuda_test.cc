@@ -25,8 +25,8 @@
 namespace gptq {
 namespace {
 
-#define SKIP_WITHOUT_CUDA()                                                  \
-  if (!torch::cuda::is_available()) {                                        \
+#define SKIP_WITHOUT_CUDA()                                                   \
+  if (!torch::cuda::is_available()) {                                         \
     GTEST_SKIP() << "CUDA is not available (CPU-only LibTorch or no device)"; \
   }
 
@@ -105,8 +105,9 @@ TEST_P(GptqCudaTest, Float64CudaMatchesCpuAndTwin) {
   int64_t diverged = 0;
   at::Tensor rows = AgreeingRows(gpu->dequantized, cpu->dequantized, 1e-10, &diverged);
   EXPECT_LE(diverged, n / 50) << "rows that differ between CUDA and CPU";
-  EXPECT_LT(Nmse(gpu->dequantized.cpu().index_select(0, rows),
-                 cpu->dequantized.index_select(0, rows)), 1e-10);
+  EXPECT_LT(
+      Nmse(gpu->dequantized.cpu().index_select(0, rows), cpu->dequantized.index_select(0, rows)),
+      1e-10);
   EXPECT_LT(Nmse(gpu->scales.cpu().index_select(1, rows), cpu->scales.index_select(1, rows)),
             1e-10);
   EXPECT_TRUE(at::equal(gpu->g_idx.cpu(), cpu->g_idx));
@@ -138,27 +139,27 @@ TEST_P(GptqCudaTest, Float32CudaAgreesWithCpuInQuality) {
   int64_t diverged = 0;
   const at::Tensor rows = AgreeingRows(gpu->dequantized, cpu->dequantized, 1e-6, &diverged);
   EXPECT_LE(diverged, n / 10) << "fp32 rows that differ between CUDA and CPU";
-  EXPECT_LT(Nmse(gpu->dequantized.cpu().index_select(0, rows),
-                 cpu->dequantized.index_select(0, rows)), 1e-6);
-  const double differing =
-      (gpu->codes.cpu() != cpu->codes).to(at::kDouble).mean().item<double>();
+  EXPECT_LT(
+      Nmse(gpu->dequantized.cpu().index_select(0, rows), cpu->dequantized.index_select(0, rows)),
+      1e-6);
+  const double differing = (gpu->codes.cpu() != cpu->codes).to(at::kDouble).mean().item<double>();
   EXPECT_TRUE(at::equal(gpu->g_idx.cpu(), cpu->g_idx));
-  std::printf("[fp32] NMSE(gpu, cpu) = %.3g, rows differing %ld, codes differing %.4f, "
-              "out-err gpu/cpu %.4f\n",
-              Nmse(gpu->dequantized, cpu->dequantized), static_cast<long>(diverged), differing,
-              e_gpu / e_cpu);
+  std::printf(
+      "[fp32] NMSE(gpu, cpu) = %.3g, rows differing %ld, codes differing %.4f, "
+      "out-err gpu/cpu %.4f\n",
+      Nmse(gpu->dequantized, cpu->dequantized), static_cast<long>(diverged), differing,
+      e_gpu / e_cpu);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Grid, GptqCudaTest,
-    ::testing::Values(Param{4, 128, true, false, false, false},
-                      Param{4, 128, true, true, false, false},
-                      Param{4, 128, false, true, true, false},
-                      Param{4, 128, true, false, false, true},
-                      Param{3, 48, false, true, false, false},
-                      Param{2, 32, true, false, true, false},
-                      Param{8, -1, false, true, false, false},
-                      Param{3, 128, true, false, true, true}));
+INSTANTIATE_TEST_SUITE_P(Grid, GptqCudaTest,
+                         ::testing::Values(Param{4, 128, true, false, false, false},
+                                           Param{4, 128, true, true, false, false},
+                                           Param{4, 128, false, true, true, false},
+                                           Param{4, 128, true, false, false, true},
+                                           Param{3, 48, false, true, false, false},
+                                           Param{2, 32, true, false, true, false},
+                                           Param{8, -1, false, true, false, false},
+                                           Param{3, 128, true, false, true, true}));
 
 TEST(GptqCudaMiscTest, HessianAccumulatesOnCuda) {
   SKIP_WITHOUT_CUDA();

@@ -70,8 +70,9 @@ TEST(HessianAccumulatorTest, MatchesReferenceRunningAverageAndClosedForm) {
   int64_t samples = 0;
   for (int i = 0; i < 5; ++i) {
     // Alternate [T, K] (one sample) and [B, T, K] batches.
-    at::Tensor x = i % 2 == 0 ? CorrelatedActivations(37 + i, k, 10 + i, at::kFloat)
-                              : CorrelatedActivations(3 * 19, k, 10 + i, at::kFloat).view({3, 19, k});
+    at::Tensor x = i % 2 == 0
+                       ? CorrelatedActivations(37 + i, k, 10 + i, at::kFloat)
+                       : CorrelatedActivations(3 * 19, k, 10 + i, at::kFloat).view({3, 19, k});
     samples += i % 2 == 0 ? 1 : 3;
     ASSERT_TRUE(acc.AddBatch(x).ok());
     ASSERT_TRUE(ref.AddBatch(x).ok());
@@ -136,8 +137,8 @@ const Problem& SharedProblem() {
 }
 
 std::string ConfigName(const QuantConfig& c) {
-  return absl::StrCat("b", c.bits, "_g", c.group_size < 0 ? std::string("all")
-                                                          : std::to_string(c.group_size),
+  return absl::StrCat("b", c.bits, "_g",
+                      c.group_size < 0 ? std::string("all") : std::to_string(c.group_size),
                       c.sym ? "_sym" : "_asym", c.desc_act ? "_desc" : "",
                       c.static_groups ? "_static" : "", c.act_group_aware ? "_gar" : "");
 }
@@ -285,6 +286,35 @@ TEST(GptqTest, SmallBlocksAndOddBlockSizesGiveTheSameResult) {
     absl::StatusOr<QuantizedWeight> fast = QuantizeGptq(p.w, p.h, c);
     ASSERT_TRUE(fast.ok()) << fast.status();
     EXPECT_LT(Nmse(fast->dequantized, twin->dequantized), 1e-10) << "block " << block;
+  }
+}
+
+TEST(GptqTest, TinyAndOddShapesMatchTwin) {
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {{1, 1}, {2, 3}, {5, 7}, {3, 130}};
+  for (const auto& [n, k] : shapes) {
+    const at::Tensor x = CorrelatedActivations(4 * k + 8, k, 20 + k, at::kDouble);
+    const at::Tensor h = 2.0 / x.size(0) * x.t().matmul(x);
+    const at::Tensor w = RandomWeight(n, k, 30 + n, at::kDouble);
+    for (int gs : {-1, 2, 4}) {
+      for (int mode = 0; mode < 4; ++mode) {  // plain, desc_act, static+desc_act, group-aware
+        QuantConfig c;
+        c.bits = 3;
+        c.sym = false;
+        c.group_size = gs;
+        c.block_size = 3;
+        c.desc_act = mode == 1 || mode == 2;
+        c.static_groups = mode == 2;
+        c.act_group_aware = mode == 3;
+        SCOPED_TRACE(absl::StrCat(n, "x", k, " ", ConfigName(c)));
+        absl::StatusOr<QuantizedWeight> fast = QuantizeGptq(w, h, c);
+        absl::StatusOr<QuantizedWeight> twin = reference::ReferenceGptq(w, h, c);
+        ASSERT_TRUE(fast.ok()) << fast.status();
+        ASSERT_TRUE(twin.ok()) << twin.status();
+        EXPECT_LT(Nmse(fast->dequantized, twin->dequantized), 1e-10);
+        EXPECT_TRUE(at::equal(fast->g_idx, twin->g_idx));
+        EXPECT_EQ(fast->scales.size(0), gs > 0 ? (k + gs - 1) / gs : 1);
+      }
+    }
   }
 }
 
@@ -459,7 +489,8 @@ TEST(GptqErrorTest, TensorErrorsNameTheArgument) {
   const QuantConfig c;
   const at::Tensor h = at::eye(16);
   ExpectInvalid(QuantizeGptq(at::randn({16}), h, c).status(), "weight: expected a 2-D");
-  ExpectInvalid(QuantizeGptq(at::ones({8, 16}, at::kInt), h, c).status(), "weight: expected a float");
+  ExpectInvalid(QuantizeGptq(at::ones({8, 16}, at::kInt), h, c).status(),
+                "weight: expected a float");
   ExpectInvalid(QuantizeGptq(at::Tensor(), h, c).status(), "weight: tensor is undefined");
   ExpectInvalid(QuantizeGptq(at::randn({8, 0}), at::eye(0), c).status(), "weight: empty");
   ExpectInvalid(QuantizeGptq(at::randn({8, 16}), at::eye(15), c).status(),
@@ -584,10 +615,10 @@ TEST(Stories15MTest, EveryModuleOfLayer0Quantizes) {
     std::string name;
     int input;  // index into the activation sets
   };
-  const std::vector<Module> modules = {
-      {"self_attn.q_proj", 0}, {"self_attn.k_proj", 0}, {"self_attn.v_proj", 0},
-      {"self_attn.o_proj", 1}, {"mlp.gate_proj", 2},    {"mlp.up_proj", 2},
-      {"mlp.down_proj", 3}};
+  const std::vector<Module> modules = {{"self_attn.q_proj", 0}, {"self_attn.k_proj", 0},
+                                       {"self_attn.v_proj", 0}, {"self_attn.o_proj", 1},
+                                       {"mlp.gate_proj", 2},    {"mlp.up_proj", 2},
+                                       {"mlp.down_proj", 3}};
   QuantConfig c;  // 4-bit, g128, sym
   c.desc_act = true;
   for (const Module& m : modules) {
@@ -614,10 +645,11 @@ TEST(Stories15MTest, EveryModuleOfLayer0Quantizes) {
     absl::StatusOr<at::Tensor> deq = Dequantize(*packed, w.size(0), w.size(1));
     ASSERT_TRUE(deq.ok()) << deq.status();
     EXPECT_LT(Nmse(*deq, q->dequantized), 1e-5) << m.name;
-    std::printf("[stories15M] %-18s [%4ld x %4ld] loss %.5g  out-err GPTQ/RTN %.3f "
-                "(held out %.3f)  %.3f s\n",
-                m.name.c_str(), static_cast<long>(w.size(0)), static_cast<long>(w.size(1)),
-                q->loss, e_gptq / e_rtn, h_gptq / h_rtn, q->seconds);
+    std::printf(
+        "[stories15M] %-18s [%4ld x %4ld] loss %.5g  out-err GPTQ/RTN %.3f "
+        "(held out %.3f)  %.3f s\n",
+        m.name.c_str(), static_cast<long>(w.size(0)), static_cast<long>(w.size(1)), q->loss,
+        e_gptq / e_rtn, h_gptq / h_rtn, q->seconds);
   }
 }
 

@@ -38,9 +38,8 @@ absl::Status ExpectTensor(const at::Tensor& t, const char* name, std::vector<int
                           at::ScalarType dtype) {
   if (!t.defined()) return absl::InvalidArgumentError(absl::StrCat(name, ": tensor is undefined"));
   if (t.sizes() != at::IntArrayRef(shape)) {
-    return absl::InvalidArgumentError(absl::StrCat(name, ": expected shape [",
-                                                   absl::StrJoin(shape, ", "), "], got ",
-                                                   ShapeString(t)));
+    return absl::InvalidArgumentError(absl::StrCat(
+        name, ": expected shape [", absl::StrJoin(shape, ", "), "], got ", ShapeString(t)));
   }
   if (t.scalar_type() != dtype) {
     return absl::InvalidArgumentError(absl::StrCat(name, ": expected dtype ",
@@ -135,8 +134,7 @@ absl::Status ValidatePacked(const PackedWeight& p, int64_t n, int64_t k) {
   GPTQ_RETURN_IF_ERROR(ValidateBits(p.bits));
   GPTQ_RETURN_IF_ERROR(CheckPackable(n, k, p.bits));
   GPTQ_RETURN_IF_ERROR(ExpectTensor(p.qweight, "qweight", {k * p.bits / 32, n}, at::kInt));
-  if (!p.scales.defined() || p.scales.dim() != 2 || p.scales.size(1) != n ||
-      p.scales.size(0) < 1) {
+  if (!p.scales.defined() || p.scales.dim() != 2 || p.scales.size(1) != n || p.scales.size(0) < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("scales: expected [G, ", n, "], got ", ShapeString(p.scales)));
   }
@@ -145,9 +143,9 @@ absl::Status ValidatePacked(const PackedWeight& p, int64_t n, int64_t k) {
   GPTQ_RETURN_IF_ERROR(ExpectTensor(p.g_idx, "g_idx", {k}, at::kInt));
   const at::Tensor gi = p.g_idx.to(at::kCPU);
   if (gi.min().item<int64_t>() < 0 || gi.max().item<int64_t>() >= g) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("g_idx: values must lie in [0, ", g, "), found [", gi.min().item<int64_t>(),
-                     ", ", gi.max().item<int64_t>(), "]"));
+    return absl::InvalidArgumentError(absl::StrCat("g_idx: values must lie in [0, ", g,
+                                                   "), found [", gi.min().item<int64_t>(), ", ",
+                                                   gi.max().item<int64_t>(), "]"));
   }
   return absl::OkStatus();
 }
@@ -157,24 +155,24 @@ absl::Status ValidatePacked(const PackedWeight& p, int64_t n, int64_t k) {
 absl::Status CheckPackable(int64_t out_features, int64_t in_features, int bits) {
   GPTQ_RETURN_IF_ERROR(ValidateBits(bits));
   if (out_features <= 0 || in_features <= 0) {
-    return absl::InvalidArgumentError(absl::StrCat("cannot pack an empty weight [", out_features,
-                                                   ", ", in_features, "]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot pack an empty weight [", out_features, ", ", in_features, "]"));
   }
   const int64_t multiple = PackMultiple(bits);
   const std::string unit =
       bits == 3 ? "3-bit packs 32 values into 3 int32 words"
                 : absl::StrCat(bits, "-bit packs ", multiple, " values per int32 word");
   if (in_features % multiple != 0) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "cannot pack in_features=", in_features, " at ", bits, " bits: ", unit,
-        " along the input dimension (qweight), so in_features must be a multiple of ", multiple,
-        "; leave this module unquantized (it is never padded silently)"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot pack in_features=", in_features, " at ", bits, " bits: ", unit,
+                     " along the input dimension (qweight), so in_features must be a multiple of ",
+                     multiple, "; leave this module unquantized (it is never padded silently)"));
   }
   if (out_features % multiple != 0) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "cannot pack out_features=", out_features, " at ", bits, " bits: ", unit,
-        " along the output dimension (qzeros), so out_features must be a multiple of ", multiple,
-        "; leave this module unquantized (it is never padded silently)"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot pack out_features=", out_features, " at ", bits, " bits: ", unit,
+                     " along the output dimension (qzeros), so out_features must be a multiple of ",
+                     multiple, "; leave this module unquantized (it is never padded silently)"));
   }
   return absl::OkStatus();
 }
@@ -188,8 +186,7 @@ absl::StatusOr<PackedWeight> Pack(const QuantizedWeight& q, CheckpointFormat for
   const int64_t n = q.codes.size(0), k = q.codes.size(1);
   GPTQ_RETURN_IF_ERROR(CheckPackable(n, k, q.bits));
   GPTQ_RETURN_IF_ERROR(ExpectTensor(q.codes, "codes", {n, k}, at::kInt));
-  if (!q.scales.defined() || q.scales.dim() != 2 || q.scales.size(1) != n ||
-      q.scales.size(0) < 1) {
+  if (!q.scales.defined() || q.scales.dim() != 2 || q.scales.size(1) != n || q.scales.size(0) < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("scales: expected [G, ", n, "], got ", ShapeString(q.scales)));
   }
@@ -244,14 +241,14 @@ absl::StatusOr<PackedWeight> ConvertFormat(const PackedWeight& p, CheckpointForm
   GPTQ_RETURN_IF_ERROR(ValidateBits(p.bits));
   if (out_features <= 0 || out_features % PackMultiple(p.bits) != 0) {
     return absl::FailedPreconditionError(
-        absl::StrCat("ConvertFormat: out_features=", out_features, " is not packable at ",
-                     p.bits, " bits (must be a positive multiple of ", PackMultiple(p.bits), ")"));
+        absl::StrCat("ConvertFormat: out_features=", out_features, " is not packable at ", p.bits,
+                     " bits (must be a positive multiple of ", PackMultiple(p.bits), ")"));
   }
   if (!p.qzeros.defined() || p.qzeros.dim() != 2 ||
       p.qzeros.size(1) != out_features * p.bits / 32 || p.qzeros.scalar_type() != at::kInt) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("qzeros: expected [G, ", out_features * p.bits / 32, "] int32, got ",
-                     ShapeString(p.qzeros)));
+    return absl::InvalidArgumentError(absl::StrCat("qzeros: expected [G, ",
+                                                   out_features * p.bits / 32, "] int32, got ",
+                                                   ShapeString(p.qzeros)));
   }
   PackedWeight out = p;
   if (p.format == to) return out;

@@ -28,13 +28,12 @@ QuantizedWeight RandomQuantized(int64_t n, int64_t k, int bits, int group_size, 
   q.scales = at::rand({g, n}, gen, at::kFloat) * 0.01 + 0.001;
   q.g_idx = at::div(at::arange(k), group_size, "floor").to(at::kInt);
   const at::Tensor gi = q.g_idx.to(at::kLong);
-  q.dequantized = q.scales.index_select(0, gi).t() *
-                  (q.codes - q.zeros.index_select(0, gi).t()).to(at::kFloat);
+  q.dequantized =
+      q.scales.index_select(0, gi).t() * (q.codes - q.zeros.index_select(0, gi).t()).to(at::kFloat);
   return q;
 }
 
-class PackRoundTripTest
-    : public ::testing::TestWithParam<std::tuple<int, CheckpointFormat>> {};
+class PackRoundTripTest : public ::testing::TestWithParam<std::tuple<int, CheckpointFormat>> {};
 
 TEST_P(PackRoundTripTest, UnpackAndDequantizeAreExact) {
   const auto [bits, format] = GetParam();
@@ -81,14 +80,15 @@ TEST_P(PackRoundTripTest, UnpackAndDequantizeAreExact) {
   EXPECT_TRUE(at::equal(direct->qzeros, converted->qzeros));
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    AllBits, PackRoundTripTest,
-    ::testing::Combine(::testing::Values(2, 3, 4, 8),
-                       ::testing::Values(CheckpointFormat::kGptqV1, CheckpointFormat::kGptqV2)),
-    [](const auto& info) {
-      return "b" + std::to_string(std::get<0>(info.param)) +
-             (std::get<1>(info.param) == CheckpointFormat::kGptqV1 ? "_v1" : "_v2");
-    });
+INSTANTIATE_TEST_SUITE_P(AllBits, PackRoundTripTest,
+                         ::testing::Combine(::testing::Values(2, 3, 4, 8),
+                                            ::testing::Values(CheckpointFormat::kGptqV1,
+                                                              CheckpointFormat::kGptqV2)),
+                         [](const auto& info) {
+                           return "b" + std::to_string(std::get<0>(info.param)) +
+                                  (std::get<1>(info.param) == CheckpointFormat::kGptqV1 ? "_v1"
+                                                                                        : "_v2");
+                         });
 
 TEST(PackTest, SymmetricFourBitZerosHaveTheKnownWords) {
   QuantizedWeight q = RandomQuantized(64, 128, 4, 128, 1);
@@ -119,8 +119,9 @@ TEST(PackTest, VersionTwoAddsTheKnownConstantToEachWord) {
     absl::StatusOr<PackedWeight> v1 = Pack(q, CheckpointFormat::kGptqV1);
     absl::StatusOr<PackedWeight> v2 = Pack(q, CheckpointFormat::kGptqV2);
     ASSERT_TRUE(v1.ok() && v2.ok());
-    const int64_t add = bits == 2 ? int64_t{0x55555555} : bits == 4 ? int64_t{0x11111111}
-                                                                    : int64_t{0x01010101};
+    const int64_t add = bits == 2   ? int64_t{0x55555555}
+                        : bits == 4 ? int64_t{0x11111111}
+                                    : int64_t{0x01010101};
     const int64_t mask = int64_t{0xFFFFFFFF};
     const at::Tensor sum = v1->qzeros.to(at::kLong).bitwise_and(mask) + add;
     const at::Tensor v2_words = v2->qzeros.to(at::kLong).bitwise_and(mask);
@@ -146,8 +147,7 @@ TEST(PackTest, ThreeBitHandWorkedExampleWithStraddlingValues) {
     q.codes[0][row] = value;      // qweight: column n = 0, rows along K
     q.zeros[0][row] = value + 1;  // qzeros (v1 stores zero − 1 = value): along N
   }
-  const std::vector<int32_t> expected = {Word(0x48000007u), Word(0xA0000003u),
-                                         Word(0x8000000Fu)};
+  const std::vector<int32_t> expected = {Word(0x48000007u), Word(0xA0000003u), Word(0x8000000Fu)};
   absl::StatusOr<PackedWeight> p = Pack(q, CheckpointFormat::kGptqV1);
   ASSERT_TRUE(p.ok()) << p.status();
   ASSERT_EQ(p->qweight.sizes(), at::IntArrayRef({3, 32}));

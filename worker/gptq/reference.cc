@@ -330,8 +330,7 @@ absl::StatusOr<QuantizedWeight> ReferenceGptq(const torch::Tensor& weight,
   GPTQ_RETURN_IF_ERROR(ValidateConfig(config));
   GPTQ_RETURN_IF_ERROR(CheckWeight(weight));
   const int64_t k = weight.size(1);
-  if (!hessian.defined() || hessian.dim() != 2 || hessian.size(0) != k ||
-      hessian.size(1) != k) {
+  if (!hessian.defined() || hessian.dim() != 2 || hessian.size(0) != k || hessian.size(1) != k) {
     return absl::InvalidArgumentError("reference: hessian must be [K, K]");
   }
   QuantizedWeight out;

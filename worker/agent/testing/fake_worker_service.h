@@ -41,12 +41,20 @@ class FakeWorkerService final : public wv1::WorkerService::Service {
   void RequestCancel(const std::string& job_id) {
     std::lock_guard<std::mutex> lock(mu_);
     cancel_.insert(job_id);
+    cv_.notify_all();
+  }
+  // Like gptq-server: a heartbeat for a running job is held for up to a period and answered at
+  // once when the job is cancelled or its lease lost.
+  void set_hold_heartbeats(bool hold) {
+    std::lock_guard<std::mutex> lock(mu_);
+    hold_heartbeats_ = hold;
   }
   // Heartbeats for the job answer lease_lost; its reports are refused as stale.
   void LoseLease(const std::string& job_id) {
     std::lock_guard<std::mutex> lock(mu_);
     current_epoch_[job_id] = ++next_epoch_;
     lost_.insert(job_id);
+    cv_.notify_all();
   }
   // Reports carrying the job's current epoch are refused (FAILED_PRECONDITION), heartbeats
   // do not say anything: the worker learns of it from ReportEvents.
@@ -135,13 +143,23 @@ class FakeWorkerService final : public wv1::WorkerService::Service {
 
   grpc::Status Heartbeat(grpc::ServerContext* ctx, const wv1::HeartbeatRequest* req,
                          wv1::HeartbeatResponse* resp) override {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::unique_lock<std::mutex> lock(mu_);
     if (!CheckAuth(ctx)) return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "bad token");
     heartbeats_.push_back(*req);
     cv_.notify_all();
     if (!workers_.count(req->worker_id())) {
       resp->set_reregister(true);
       return grpc::Status::OK;
+    }
+    if (hold_heartbeats_ && !req->job_id().empty()) {
+      const auto deadline =
+          Clock::now() + std::chrono::milliseconds(static_cast<int>(heartbeat_seconds_ * 1000));
+      // Short slices so that a cancelled call (client gone, server shutting down) ends soon.
+      while (Clock::now() < deadline && !ctx->IsCancelled() &&
+             !cv_.wait_for(lock, std::chrono::milliseconds(20), [&] {
+               return cancel_.count(req->job_id()) > 0 || lost_.count(req->job_id()) > 0;
+             })) {
+      }
     }
     if (!req->job_id().empty()) {
       resp->set_cancel(cancel_.count(req->job_id()) > 0);
@@ -208,6 +226,7 @@ class FakeWorkerService final : public wv1::WorkerService::Service {
   std::vector<wv1::HeartbeatRequest> heartbeats_;
   int leases_handed_ = 0;
   int refused_reports_ = 0;
+  bool hold_heartbeats_ = false;
   std::string required_token_;
 };
 
