@@ -373,7 +373,9 @@ absl::StatusOr<Command> ParseCommandLine(const std::vector<std::string>& args,
     } else {
       f.name = body;
       if (!BoolFlags().count(f.name)) {
-        if (i + 1 >= args.size()) {
+        // "--bits --wait" is a forgotten value, not the value "--wait" (use --bits=X for odd
+        // values).
+        if (i + 1 >= args.size() || absl::StartsWith(args[i + 1], "--")) {
           return absl::InvalidArgumentError(absl::StrCat("--", f.name, " needs a value"));
         }
         f.value = args[++i];

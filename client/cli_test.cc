@@ -169,6 +169,7 @@ TEST(CliTest, ErrorsNameTheFlag) {
   const std::vector<Case> cases = {
       {{"submit", "--model", "/m", "--output", "/o", "--bits", "four"}, "--bits"},
       {{"submit", "--model", "/m", "--output", "/o", "--group-size"}, "--group-size needs a value"},
+      {{"--server", "--json", "list"}, "--server needs a value"},
       {{"submit", "--model", "/m", "--output", "/o", "--damp-percent", "x"}, "--damp-percent"},
       {{"submit", "--model", "/m", "--output", "/o", "--format", "awq"}, "--format"},
       {{"submit", "--model", "/m", "--output", "/o", "--device", "tpu"}, "--device"},

@@ -336,8 +336,8 @@ TEST_F(AgentTest, CancelReachesThroughAHeldHeartbeatAtOnce) {
       kWait));
   const auto t0 = std::chrono::steady_clock::now();
   held.RequestCancel("job-h");
-  ASSERT_TRUE(held.WaitFor([](FakeWorkerService& s) { return !s.finishes_locked().empty(); },
-                           kWait));
+  ASSERT_TRUE(
+      held.WaitFor([](FakeWorkerService& s) { return !s.finishes_locked().empty(); }, kWait));
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   EXPECT_LT(seconds, 1.5) << "the cancel waited for the next heartbeat period";
