@@ -14,7 +14,7 @@ cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DGPTQ_BUILD_SERVER=
   -DGPTQ_TEST_DATA_ROOT="$PWD/.gpu-data" $DEVICE_CMAKE_ARGS > "$OUT/configure.txt" 2>&1 \
   || { tail -40 "$OUT/configure.txt"; exit 1; }
 log build
-cmake --build build-gpu -j 16 --target gptq-worker runtime_model_test runtime_gpu_test gptq_cuda_test \
+cmake --build build-gpu -j 16 --target gptq-worker runtime_model_test runtime_gpu_test gptq_cuda_test gptq_bench worker_serve_integration_test \
   2>&1 | grep -E "error|FAILED|Linking CXX executable" | head -40
 readelf -d build-gpu/bin/gptq-worker | grep NEEDED | head -6
 log fixtures
@@ -24,6 +24,15 @@ log runtime_model_test
 ./build-gpu/bin/runtime_model_test 2>&1 | grep -E "^\[  (FAILED|PASSED|SKIPPED) |OK \] Fixture|Failure|expected" | head -40
 log runtime_gpu_test
 ./build-gpu/bin/runtime_gpu_test 2>&1 | tail -15
+if ! ./build-gpu/bin/runtime_gpu_test > /dev/null 2>&1; then
+  log backtrace
+  cuda-gdb -batch -ex run -ex bt --args ./build-gpu/bin/runtime_gpu_test --gtest_filter='*TinyJob*' 2>&1 | grep -E "^#|signal|Error" | head -30
+fi
+log gptq_cuda_test + bench
+./build-gpu/bin/gptq_cuda_test 2>&1 | grep -E "PASSED|FAILED" | head
+./build-gpu/bin/gptq_bench --device cuda --full --runs 5 --out "$OUT/gptq_bench_cuda.json" 2>&1 | tail -3
+log worker serve on cuda
+GPTQ_TEST_WORKER_DEVICE=cuda:0 ./build-gpu/bin/worker_serve_integration_test 2>&1 | grep -E "OK|FAILED|PASSED|Failure" | head
 log quantize stories15M on cuda
 /usr/bin/time -v ./build-gpu/bin/gptq-worker quantize --model .gpu-data/models/stories15M-hf \
   --output /tmp/s15-w4g128 --bits 4 --group-size 128 --damp-percent 0.01 --sym \

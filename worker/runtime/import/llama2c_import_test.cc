@@ -30,12 +30,31 @@ namespace {
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 
+// Removes the tests' directories at the end of a passing run (kept on failure, to look at).
+class TempDirCleanup : public ::testing::Environment {
+ public:
+  static std::vector<std::string>& Dirs() {
+    static auto* dirs = new std::vector<std::string>;
+    return *dirs;
+  }
+  void TearDown() override {
+    if (::testing::UnitTest::GetInstance()->Failed()) return;
+    for (const std::string& dir : Dirs()) {
+      std::error_code ec;
+      fs::remove_all(dir, ec);
+    }
+  }
+};
+::testing::Environment* const kTempDirCleanup =
+    ::testing::AddGlobalTestEnvironment(new TempDirCleanup);
+
 std::string FreshDir() {
   const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
   const std::string dir = ::testing::TempDir() + "/llama2c_import_test_" + info->name() + "_" +
                           std::to_string(::getpid());
   fs::remove_all(dir);
   fs::create_directories(dir);
+  TempDirCleanup::Dirs().push_back(dir);
   return dir;
 }
 

@@ -79,7 +79,9 @@ std::map<std::string, torch::Tensor> ReferencePipeline(const DecoderModel& model
   qc.group_size = o.group_size;
   qc.damp_percent = o.damp_percent;
   qc.sym = o.sym;
-  qc.act_group_aware = true;
+  qc.desc_act = o.desc_act;
+  qc.act_group_aware = !o.desc_act;
+  const gptq::CheckpointFormat format = o.sym ? gptq::CheckpointFormat::kGptqV1 : gptq::CheckpointFormat::kGptqV2;
   const HeadWeights head = model.LoadHead(at::kFloat, torch::kCPU).value();
   std::vector<int64_t> flat;
   for (const auto& w : windows) flat.insert(flat.end(), w.begin(), w.end());
@@ -111,7 +113,7 @@ std::map<std::string, torch::Tensor> ReferencePipeline(const DecoderModel& model
         LinearWeights& lin = w.linears.at(m);
         auto q = gptq::QuantizeGptq(lin.weight, h, qc);
         EXPECT_TRUE(q.ok()) << q.status();
-        auto packed = gptq::Pack(*q, gptq::CheckpointFormat::kGptqV1);
+        auto packed = gptq::Pack(*q, format);
         EXPECT_TRUE(packed.ok());
         const torch::Tensor deq = gptq::Dequantize(*packed, lin.weight.size(0), lin.weight.size(1)).value();
         lin.weight = deq.to(at::kFloat);
@@ -136,11 +138,13 @@ std::vector<std::vector<int32_t>> Windows(const QuantizeOptions& o) {
   return w;
 }
 
-void CheckAgainstReference(bool true_sequential) {
+void CheckAgainstReference(bool true_sequential, bool desc_act = false, bool sym = true) {
   const std::string dir = testing::MakeTempDir("pipe");
   testing::WriteTinyModel(dir + "/model", {});
   QuantizeOptions o = TinyOptions(dir + "/model", dir + "/out");
   o.true_sequential = true_sequential;
+  o.desc_act = desc_act;
+  o.sym = sym;
   RecordingSink sink;
   CancelToken cancel;
   auto report = RunQuantizeJob(o, sink, cancel);
@@ -159,7 +163,7 @@ void CheckAgainstReference(bool true_sequential) {
     p.scales = (*out)->Get(prefix + ".scales").value();
     p.g_idx = (*out)->Get(prefix + ".g_idx").value();
     p.bits = 4;
-    p.format = gptq::CheckpointFormat::kGptqV1;
+    p.format = sym ? gptq::CheckpointFormat::kGptqV1 : gptq::CheckpointFormat::kGptqV2;
     const torch::Tensor got = gptq::Dequantize(p, ref.size(0), ref.size(1)).value().to(at::kFloat);
     // The job runs all windows in one chunk here, so the computation is the same: equal.
     EXPECT_TRUE(at::equal(got, ref)) << prefix << " differs in "
@@ -169,6 +173,9 @@ void CheckAgainstReference(bool true_sequential) {
 
 TEST(QuantizePipelineTest, TrueSequentialMatchesReferenceLoop) { CheckAgainstReference(true); }
 TEST(QuantizePipelineTest, OnePassMatchesReferenceLoop) { CheckAgainstReference(false); }
+TEST(QuantizePipelineTest, ActOrderAsymV2MatchesReferenceLoop) {
+  CheckAgainstReference(true, /*desc_act=*/true, /*sym=*/false);
+}
 
 TEST(QuantizePipelineTest, WritesCheckpointAndReportsProgress) {
   const std::string dir = testing::MakeTempDir("pipe");
