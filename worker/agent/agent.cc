@@ -17,6 +17,25 @@
 namespace gptq::agent {
 namespace {
 
+// An attempt killed mid-write (kill -9, lost lease) leaves the checkpoint writer's temporary
+// directory "<output>.tmp-XXXXXX" behind. Only one attempt of a job runs at a time (the lease
+// epoch fences the others) and the server never gives two unfinished jobs the same output, so
+// a new attempt may remove what earlier attempts left.
+void RemoveStaleTempDirs(const std::string& output_dir) {
+  const std::filesystem::path out = std::filesystem::path(output_dir).lexically_normal();
+  const std::filesystem::path parent = out.parent_path();
+  const std::string prefix = out.filename().string() + ".tmp-";
+  std::error_code ec;
+  if (prefix.size() <= 5 || !std::filesystem::is_directory(parent, ec)) return;
+  for (std::filesystem::directory_iterator it(parent, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.rfind(prefix, 0) == 0 && it->is_directory(ec)) {
+      std::error_code rm;
+      std::filesystem::remove_all(it->path(), rm);
+    }
+  }
+}
+
 namespace fs = std::filesystem;
 namespace wv1 = ::gptq::worker::v1;
 
@@ -423,6 +442,7 @@ void WorkerAgent::HandleLease(const wv1::Lease& lease) {
       output_dir = *out;
     }
     std::error_code ec;
+    RemoveStaleTempDirs(output_dir);
     output_existed = fs::exists(output_dir, ec);
     JobPlacement placement{*model_dir, output_dir, options_.data_dir, deps_.device.device_string};
     absl::StatusOr<runtime::QuantizeOptions> opts = SpecToOptions(lease.spec(), placement);

@@ -211,6 +211,7 @@ std::optional<v1::JobEvent> ToJobEvent(const runtime::ProgressEvent& e) {
       p->set_phase(e.phase);
       p->set_value(e.value);
       p->set_num_tokens(e.num_tokens);
+      p->set_seqlen(e.seqlen);
       return out;
     }
     case Kind::kLog: {

@@ -70,6 +70,7 @@ struct ProgressEvent {
   std::string phase;          // kPerplexity: "before" / "after"
   double value = 0.0;         // kPerplexity
   int64_t num_tokens = 0;     // kPerplexity
+  int seqlen = 0;             // kPerplexity: window length used
   std::string message;        // kLog; kArtifact: relative path
   std::string level = "info"; // kLog: "info", "warning", "error"
   int64_t size_bytes = 0;     // kArtifact
