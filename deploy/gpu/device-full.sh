@@ -28,11 +28,6 @@ if ! ./build-gpu/bin/runtime_gpu_test > /dev/null 2>&1; then
   log backtrace
   cuda-gdb -batch -ex run -ex bt --args ./build-gpu/bin/runtime_gpu_test --gtest_filter='*TinyJob*' 2>&1 | grep -E "^#|signal|Error" | head -30
 fi
-log gptq_cuda_test + bench
-./build-gpu/bin/gptq_cuda_test 2>&1 | grep -E "PASSED|FAILED" | head
-./build-gpu/bin/gptq_bench --device cuda --full --runs 5 --out "$OUT/gptq_bench_cuda.json" 2>&1 | tail -3
-log worker serve on cuda
-GPTQ_TEST_WORKER_DEVICE=cuda:0 ./build-gpu/bin/worker_serve_integration_test 2>&1 | grep -E "OK|FAILED|PASSED|Failure" | head
 log quantize stories15M on cuda
 /usr/bin/time -v ./build-gpu/bin/gptq-worker quantize --model .gpu-data/models/stories15M-hf \
   --output /tmp/s15-w4g128 --bits 4 --group-size 128 --damp-percent 0.01 --sym \
@@ -48,3 +43,8 @@ python3 tests/gpu_python/test_unpack.py 2>&1 | tail -3
 python3 tests/gpu_python/check_gptq_checkpoint.py /tmp/s15-w4g128 .gpu-data/models/stories15M-hf \
   .gpu-data/text/tinystories/tiny.utf8 --seqlen 256 > "$OUT/independent_check.json" 2> "$OUT/independent_check.err"
 echo "rc=$?"; cat "$OUT/independent_check.json"; tail -5 "$OUT/independent_check.err"
+log gptq_cuda_test + bench
+./build-gpu/bin/gptq_cuda_test 2>&1 | grep -E "PASSED|FAILED" | head
+./build-gpu/bin/gptq_bench --device cuda --full --runs 5 --out "$OUT/gptq_bench_cuda.json" 2>&1 | tail -3
+log worker serve on cuda
+GPTQ_TEST_WORKER_DEVICE=cuda:0 ./build-gpu/bin/worker_serve_integration_test 2>&1 | grep -E "OK|FAILED|PASSED|Failure" | head

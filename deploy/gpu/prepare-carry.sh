@@ -18,7 +18,7 @@ for f in config.json generation_config.json special_tokens_map.json tokenizer.mo
 done
 [ -f $d/models/stories15M-hf/model.safetensors ] || \
   python3 deploy/gpu/to_fp16.py "$src/model.safetensors" $d/models/stories15M-hf/model.safetensors
-cp "$shared"/data/models/stories260K-hf/{config.json,generation_config.json,model.safetensors} $d/models/stories260K-hf/
+cp "$shared"/data/models/stories260K-hf/{config.json,generation_config.json,model.safetensors,tok512.bin} $d/models/stories260K-hf/
 cp "$shared"/data/text/c4/c4.utf8 $d/text/c4/
 cp "$shared"/data/text/tinystories/tiny.utf8 $d/text/tinystories/
 cp "$shared"/data/text/wikitext2/wiki.test.raw $d/text/wikitext2/
