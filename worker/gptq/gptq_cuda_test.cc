@@ -191,6 +191,18 @@ TEST(GptqCudaMiscTest, FallbackAndPackingFromCuda) {
   absl::StatusOr<at::Tensor> deq = Dequantize(*p, 64, k);
   ASSERT_TRUE(deq.ok());
   EXPECT_LT(Nmse(*deq, q->dequantized), 1e-5);
+  EXPECT_FALSE(deq->is_cuda());
+  // Packed tensors on the device dequantize to a weight on the device (the runtime feeds it
+  // straight to the layer's matmuls), bit-equal to the CPU result.
+  PackedWeight on_gpu = *p;
+  on_gpu.qweight = p->qweight.cuda();
+  on_gpu.qzeros = p->qzeros.cuda();
+  on_gpu.scales = p->scales.cuda();
+  on_gpu.g_idx = p->g_idx.cuda();
+  absl::StatusOr<at::Tensor> deq_gpu = Dequantize(on_gpu, 64, k);
+  ASSERT_TRUE(deq_gpu.ok()) << deq_gpu.status();
+  EXPECT_TRUE(deq_gpu->is_cuda());
+  EXPECT_TRUE(at::equal(deq_gpu->cpu(), *deq));
   // A CPU Hessian with a CUDA weight is refused, not silently copied.
   absl::Status s = QuantizeGptq(w, at::eye(k), c).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);

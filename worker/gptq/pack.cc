@@ -231,6 +231,8 @@ absl::StatusOr<torch::Tensor> Dequantize(const PackedWeight& p, int64_t out_feat
     const at::Tensor scale = p.scales.to(at::kCPU, at::kFloat).index_select(0, g_idx);  // [K, N]
     const at::Tensor zero = u.zeros.to(at::kFloat).index_select(0, g_idx);
     out = (scale * (u.codes.t().to(at::kFloat) - zero)).t().to(at::kHalf).contiguous();
+    // Unpacking runs on the CPU; the weight goes back where the packed tensors live.
+    out = out.to(p.qweight.device());
     return absl::OkStatus();
   }));
   return out;

@@ -40,7 +40,7 @@ struct UnpackedWeight {
 absl::StatusOr<UnpackedWeight> Unpack(const PackedWeight& p, int64_t out_features,
                                       int64_t in_features);
 
-// Dequantizes packed tensors to a float16 [N, K] weight.
+// Dequantizes packed tensors to a float16 [N, K] weight on the device of `p.qweight`.
 absl::StatusOr<torch::Tensor> Dequantize(const PackedWeight& p, int64_t out_features,
                                          int64_t in_features);
 

@@ -206,15 +206,6 @@ absl::Status AddTensor(CheckpointWriter& writer, const std::string& name, const 
   });
 }
 
-gptq::PackedWeight PackedTo(const gptq::PackedWeight& p, torch::Device device) {
-  gptq::PackedWeight q = p;
-  q.qweight = p.qweight.to(device);
-  q.qzeros = p.qzeros.to(device);
-  q.scales = p.scales.to(device);
-  q.g_idx = p.g_idx.to(device);
-  return q;
-}
-
 struct QuantizedModule {
   gptq::PackedWeight packed;
   int64_t rows = 0, columns = 0;
@@ -370,9 +361,9 @@ class Job {
           lin.weight = fp16(lin.weight);
           continue;
         }
-        GPTQ_ASSIGN_OR_RETURN(torch::Tensor deq, gptq::Dequantize(PackedTo(it->second.packed, spec_.device),
-                                                                 it->second.rows, it->second.columns));
-        lin.weight = deq.to(spec_.dtype);
+        GPTQ_ASSIGN_OR_RETURN(torch::Tensor deq,
+                              gptq::Dequantize(it->second.packed, it->second.rows, it->second.columns));
+        lin.weight = deq.to(spec_.device, spec_.dtype);
       }
       return w;
     });
@@ -489,9 +480,9 @@ class Job {
       const auto tp = Clock::now();
       GPTQ_ASSIGN_OR_RETURN(gptq::PackedWeight packed, gptq::Pack(q, format_));
       // The rest of the layer (and the next layers' inputs) see exactly what the artifact holds.
-      GPTQ_ASSIGN_OR_RETURN(torch::Tensor deq, gptq::Dequantize(PackedTo(packed, spec_.device), rows, columns));
+      GPTQ_ASSIGN_OR_RETURN(torch::Tensor deq, gptq::Dequantize(packed, rows, columns));
       GPTQ_RETURN_IF_ERROR(CallTorch(prefix, [&]() -> absl::Status {
-        lin.weight = deq.to(spec_.dtype);
+        lin.weight = deq.to(spec_.device, spec_.dtype);
         return absl::OkStatus();
       }));
       pack_seconds_ += SecondsSince(tp);
