@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <chrono>
 #include <exception>
-#include <filesystem>
 #include <random>
 #include <system_error>
 #include <utility>
@@ -12,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "conversions.h"
+#include "gptq/posix_fs.h"
 #include "log.h"
 
 namespace gptq::agent {
@@ -22,21 +22,20 @@ namespace {
 // epoch fences the others) and the server never gives two unfinished jobs the same output, so
 // a new attempt may remove what earlier attempts left.
 void RemoveStaleTempDirs(const std::string& output_dir) {
-  const std::filesystem::path out = std::filesystem::path(output_dir).lexically_normal();
-  const std::filesystem::path parent = out.parent_path();
-  const std::string prefix = out.filename().string() + ".tmp-";
-  std::error_code ec;
-  if (prefix.size() <= 5 || !std::filesystem::is_directory(parent, ec)) return;
-  for (std::filesystem::directory_iterator it(parent, ec), end; !ec && it != end; it.increment(ec)) {
-    const std::string name = it->path().filename().string();
-    if (name.rfind(prefix, 0) == 0 && it->is_directory(ec)) {
-      std::error_code rm;
-      std::filesystem::remove_all(it->path(), rm);
+  std::string parent = fsutil::ParentPath(output_dir);
+  if (parent.empty()) parent = ".";
+  const std::string prefix = fsutil::BaseName(output_dir) + ".tmp-";
+  if (prefix.size() <= 5 || !fsutil::IsDirectory(parent)) return;
+  absl::StatusOr<std::vector<std::string>> names = fsutil::ListDirectory(parent);
+  if (!names.ok()) return;
+  for (const std::string& name : *names) {
+    const std::string path = absl::StrCat(parent, "/", name);
+    if (name.rfind(prefix, 0) == 0 && !fsutil::IsSymlink(path) && fsutil::IsDirectory(path)) {
+      (void)fsutil::RemoveAll(path);
     }
   }
 }
 
-namespace fs = std::filesystem;
 namespace wv1 = ::gptq::worker::v1;
 
 absl::Status FromGrpc(const grpc::Status& s) {
@@ -400,8 +399,7 @@ absl::StatusOr<std::string> WorkerAgent::ResolveModel(const wv1::Lease& lease, A
     if (!path.ok()) return path.status();
     dir = *path;
   }
-  std::error_code ec;
-  if (!fs::is_directory(dir, ec)) {
+  if (!fsutil::IsDirectory(dir)) {
     return absl::FailedPreconditionError(
         absl::StrCat("model directory '", dir, "' (from model_uri '", uri, "') does not exist"));
   }
@@ -441,9 +439,8 @@ void WorkerAgent::HandleLease(const wv1::Lease& lease) {
       if (!out.ok()) return out.status();
       output_dir = *out;
     }
-    std::error_code ec;
     RemoveStaleTempDirs(output_dir);
-    output_existed = fs::exists(output_dir, ec);
+    output_existed = fsutil::Exists(output_dir);
     JobPlacement placement{*model_dir, output_dir, options_.data_dir, deps_.device.device_string};
     absl::StatusOr<runtime::QuantizeOptions> opts = SpecToOptions(lease.spec(), placement);
     if (!opts.ok()) return opts.status();
@@ -484,8 +481,7 @@ void WorkerAgent::HandleLease(const wv1::Lease& lease) {
     return;
   }
   if (!result.ok() && !output_existed && !output_dir.empty()) {
-    std::error_code ec;
-    fs::remove_all(output_dir, ec);
+    (void)fsutil::RemoveAll(output_dir);  // best effort: the job's real error is reported below
   }
   if (stopping() && !result.ok()) {
     GPTQ_AGENT_LOG(kInfo, "job ", job->job_id, ": abandoned at shutdown (the server requeues it)");

@@ -9,7 +9,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <mutex>
 #include <optional>
@@ -25,6 +24,7 @@
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "gptq/posix_fs.h"
 #include "gptq/status_macros.h"
 #include "hub/sha256.h"
 #include "nlohmann/json.hpp"
@@ -32,7 +32,6 @@
 namespace gptq::hub {
 namespace {
 
-namespace fs = std::filesystem;
 
 constexpr char kManifestName[] = ".gptq-hub-manifest.json";
 // Optional files: fetched when present (a 404 is fine).
@@ -101,9 +100,8 @@ bool ValidRefPart(absl::string_view s) {
 }
 
 int64_t FileSize(const std::string& path) {
-  std::error_code ec;
-  const auto size = fs::file_size(path, ec);
-  return ec ? -1 : static_cast<int64_t>(size);
+  const absl::StatusOr<uint64_t> size = fsutil::FileSize(path);
+  return size.ok() ? static_cast<int64_t>(*size) : -1;
 }
 
 #ifdef GPTQ_HUB_HAVE_CURL
@@ -203,10 +201,7 @@ absl::Status WriteManifest(const std::string& dir, const HfModelRef& ref,
     out << j.dump(2) << "\n";
     if (!out) return absl::InternalError(absl::StrCat("cannot write '", tmp, "'"));
   }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) return absl::InternalError(absl::StrCat("cannot rename '", tmp, "': ", ec.message()));
-  return absl::OkStatus();
+  return fsutil::Rename(tmp, path);
 }
 
 // A complete cached snapshot (manifest present, every file there with its size), or nullopt.
@@ -305,14 +300,7 @@ absl::StatusOr<FetchedFile> HfHub::FetchFile(const HfModelRef& ref, const std::s
   GPTQ_RETURN_IF_ERROR(ValidateRepoPath(file));
   const std::string dest = absl::StrCat(dir, "/", file);
   const std::string part = dest + ".part";
-  {
-    std::error_code ec;
-    fs::create_directories(fs::path(dest).parent_path(), ec);
-    if (ec) {
-      return absl::InternalError(absl::StrCat(
-          "cannot create '", fs::path(dest).parent_path().string(), "': ", ec.message()));
-    }
-  }
+  GPTQ_RETURN_IF_ERROR(fsutil::CreateDirectories(fsutil::ParentPath(dest)));
 #ifdef GPTQ_HUB_HAVE_CURL
   const std::string url = FileUrl(ref, file);
   const std::string what = absl::StrCat("'", file, "' of ", ref.ToString());
@@ -389,7 +377,7 @@ absl::StatusOr<FetchedFile> HfHub::FetchFile(const HfModelRef& ref, const std::s
         absl::SimpleAtoi(absl::string_view(t.content_range).substr(slash + 1), &total);
       }
       if (total != have) {
-        fs::remove(part);
+        (void)fsutil::Remove(part);
         last = absl::UnavailableError(absl::StrCat("stale partial download of ", what));
         continue;
       }
@@ -424,7 +412,7 @@ absl::StatusOr<FetchedFile> HfHub::FetchFile(const HfModelRef& ref, const std::s
                                  : IsHex64(t.etag)      ? t.etag
                                                         : std::string();
     if (!expected.empty() && sha != expected) {
-      fs::remove(part);
+      (void)fsutil::Remove(part);
       if (t.resuming && !retried_after_mismatch) {
         // The leftover .part may have been corrupt: one more try from scratch.
         retried_after_mismatch = true;
@@ -434,11 +422,7 @@ absl::StatusOr<FetchedFile> HfHub::FetchFile(const HfModelRef& ref, const std::s
       return absl::DataLossError(absl::StrCat("sha256 mismatch for ", what, ": server says ",
                                               expected, ", downloaded content has ", sha));
     }
-    std::error_code ec;
-    fs::rename(part, dest, ec);
-    if (ec) {
-      return absl::InternalError(absl::StrCat("cannot rename '", part, "': ", ec.message()));
-    }
+    GPTQ_RETURN_IF_ERROR(fsutil::Rename(part, dest));
     return FetchedFile{file, FileSize(dest), sha};
   }
   return last;

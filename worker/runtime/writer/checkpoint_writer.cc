@@ -8,7 +8,6 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <filesystem>
 #include <map>
 #include <random>
 #include <set>
@@ -18,12 +17,12 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "gptq/posix_fs.h"
 #include "gptq/status_macros.h"
 #include "nlohmann/json.hpp"
 #include "worker/runtime/writer/sha256.h"
 
 namespace gptq::runtime {
-namespace fs = std::filesystem;
 
 namespace {
 
@@ -89,18 +88,17 @@ absl::Status SyncDirectory(const std::string& path) {
 
 // OK when `path` does not exist or is an empty directory.
 absl::Status CheckOutputDirUsable(const std::string& path) {
-  std::error_code ec;
-  const fs::file_status status = fs::symlink_status(path, ec);
-  if (ec && ec != std::errc::no_such_file_or_directory) {
-    return absl::InternalError(absl::StrCat("cannot stat output directory ", path, ": ",
-                                            ec.message()));
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return absl::OkStatus();
+    return ErrnoError("cannot stat output directory", path);
   }
-  if (!fs::exists(status)) return absl::OkStatus();
-  if (!fs::is_directory(status)) {
+  if (!S_ISDIR(st.st_mode)) {
     return absl::FailedPreconditionError(
         absl::StrCat("output path ", path, " exists and is not a directory"));
   }
-  if (!fs::is_empty(path, ec) || ec) {
+  absl::StatusOr<bool> empty = fsutil::IsEmptyDirectory(path);
+  if (!empty.ok() || !*empty) {
     return absl::FailedPreconditionError(absl::StrCat(
         "output directory ", path, " exists and is not empty (refusing to overwrite)"));
   }
@@ -387,8 +385,7 @@ struct CheckpointWriter::Impl {
       spool = nullptr;
     }
     if (!temp_dir.empty()) {
-      std::error_code ec;
-      fs::remove_all(temp_dir, ec);
+      (void)fsutil::RemoveAll(temp_dir);  // best effort: the caller already has the real error
     }
   }
 
@@ -425,17 +422,16 @@ absl::StatusOr<std::unique_ptr<CheckpointWriter>> CheckpointWriter::Create(
     return absl::InvalidArgumentError(
         absl::StrCat("checkpoint writer: output_dir \"", output_dir, "\" is not usable"));
   }
-  fs::path parent = fs::path(output_dir).parent_path();
+  std::string parent = fsutil::ParentPath(output_dir);
   if (parent.empty()) parent = ".";
-  std::error_code ec;
-  if (!fs::is_directory(parent, ec)) {
+  if (!fsutil::IsDirectory(parent)) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "parent directory ", parent.string(), " of output directory ", output_dir,
+        "parent directory ", parent, " of output directory ", output_dir,
         " does not exist"));
   }
   GPTQ_RETURN_IF_ERROR(CheckOutputDirUsable(output_dir));
   if (!options.tokenizer_source_dir.empty() &&
-      !fs::is_directory(options.tokenizer_source_dir, ec)) {
+      !fsutil::IsDirectory(options.tokenizer_source_dir)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "checkpoint writer: tokenizer_source_dir ", options.tokenizer_source_dir,
         " is not a directory"));
@@ -630,8 +626,7 @@ absl::StatusOr<std::vector<WrittenFile>> CheckpointWriter::Impl::FinishInternal(
     for (const char* name : kTokenizerFiles) {
       if (extra_files.count(name) != 0) continue;
       const std::string source = options.tokenizer_source_dir + "/" + name;
-      std::error_code ec;
-      if (!fs::is_regular_file(source, ec)) continue;
+      if (!fsutil::IsRegularFile(source)) continue;
       GPTQ_ASSIGN_OR_RETURN(small_files[name], ReadWholeFile(source));
     }
   }
@@ -656,8 +651,8 @@ absl::StatusOr<std::vector<WrittenFile>> CheckpointWriter::Impl::FinishInternal(
     return ErrnoError(absl::StrCat("cannot rename ", temp_dir, " to"), output_dir);
   }
   temp_dir.clear();  // now the output; nothing to clean up
-  fs::path parent = fs::path(output_dir).parent_path();
-  GPTQ_RETURN_IF_ERROR(SyncDirectory(parent.empty() ? "." : parent.string()));
+  const std::string parent = fsutil::ParentPath(output_dir);
+  GPTQ_RETURN_IF_ERROR(SyncDirectory(parent.empty() ? "." : parent));
   return files;
 }
 
