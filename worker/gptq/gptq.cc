@@ -24,7 +24,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "gptq/status_macros.h"
-#include "torch_status.h"
+#include "gptq/torch_status.h"
 
 namespace gptq {
 namespace {
@@ -428,7 +428,7 @@ HessianAccumulator::HessianAccumulator(int64_t columns, torch::Device device) : 
         absl::StrCat("HessianAccumulator: columns must be > 0, got ", columns));
     return;
   }
-  init_status_ = internal::RunGuarded("HessianAccumulator", [&] {
+  init_status_ = CallTorch("HessianAccumulator", [&] {
     h_ = at::zeros({columns, columns}, at::TensorOptions().dtype(at::kFloat).device(device));
     return absl::OkStatus();
   });
@@ -452,7 +452,7 @@ absl::Status HessianAccumulator::AddBatch(const torch::Tensor& x) {
                                                    " features, the Hessian has ", columns_));
   }
   if (x.numel() == 0) return absl::OkStatus();  // e.g. an MoE expert that saw no token
-  return internal::RunGuarded("HessianAccumulator::AddBatch", [&] {
+  return CallTorch("HessianAccumulator::AddBatch", [&] {
     // The reference: H *= n/(n+tmp); n += tmp; inp = sqrt(2/n)·inp; H += inp·inpᵀ, with tmp
     // the batch size (1 for a 2-D input). One addmm with beta = n/(n+tmp), alpha = 2/(n+tmp).
     const c10::OptionalDeviceGuard device_guard(h_.device());
@@ -488,7 +488,7 @@ absl::StatusOr<QuantizedWeight> QuantizeGptq(const torch::Tensor& weight,
                                                    "; both must be on the same device"));
   }
   QuantizedWeight out;
-  GPTQ_RETURN_IF_ERROR(internal::RunGuarded(
+  GPTQ_RETURN_IF_ERROR(CallTorch(
       "QuantizeGptq", [&] { return GptqImpl(weight, hessian, config, &out); }));
   return out;
 }
@@ -498,7 +498,7 @@ absl::StatusOr<QuantizedWeight> QuantizeRtn(const torch::Tensor& weight,
   GPTQ_RETURN_IF_ERROR(ValidateConfig(config));
   GPTQ_RETURN_IF_ERROR(ValidateWeight(weight));
   QuantizedWeight out;
-  GPTQ_RETURN_IF_ERROR(internal::RunGuarded("QuantizeRtn", [&] {
+  GPTQ_RETURN_IF_ERROR(CallTorch("QuantizeRtn", [&] {
     const auto start = std::chrono::steady_clock::now();
     const c10::OptionalDeviceGuard device_guard(weight.device());
     const at::Tensor w = weight.to(ComputeType(weight));

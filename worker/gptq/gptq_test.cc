@@ -18,7 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "pack.h"
 #include "reference.h"
-#include "torch_status.h"
+#include "gptq/torch_status.h"
 
 namespace gptq {
 namespace {
@@ -520,20 +520,29 @@ TEST(GptqTest, HalfAndBfloat16WeightsAreQuantizedInFloat32) {
 }
 
 TEST(TorchStatusTest, ExceptionsBecomeStatusesWithTheirCodes) {
-  absl::Status s = internal::RunGuarded("Op", []() -> absl::Status {
+  absl::Status s = CallTorch("Op", []() -> absl::Status {
     throw c10::OutOfMemoryError({"f", "file.cc", 1}, "CUDA out of memory. Tried to allocate 2 GiB");
   });
   EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
   EXPECT_NE(s.message().find("Op: out of memory"), std::string::npos) << s;
-  s = internal::RunGuarded("Op", []() -> absl::Status {
+  s = CallTorch("Op", []() -> absl::Status {
     at::ones({2, 3}).matmul(at::ones({4, 5}));  // shape mismatch: c10::Error
     return absl::OkStatus();
   });
   EXPECT_EQ(s.code(), absl::StatusCode::kInternal) << s;
-  EXPECT_NE(s.message().find("Op: LibTorch error"), std::string::npos) << s;
-  s = internal::RunGuarded("Op", []() -> absl::Status { throw std::bad_alloc(); });
+  EXPECT_EQ(s.message().rfind("Op: ", 0), 0u) << s;
+  EXPECT_EQ(s.message().find("Exception raised from"), std::string::npos) << "no C++ backtrace: " << s;
+  s = CallTorch("Op", []() -> absl::Status { throw std::bad_alloc(); });
   EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
-  EXPECT_TRUE(internal::RunGuarded("Op", [] { return absl::OkStatus(); }).ok());
+  s = CallTorch("Op", []() -> absl::Status {
+    (void)at::ones({2, 3}).select(0, 7);  // index out of range: c10::IndexError
+    return absl::OkStatus();
+  });
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  s = CallTorch("Op", []() -> absl::StatusOr<int> { throw 42; }).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInternal) << s;
+  EXPECT_EQ(s.message(), "Op: unknown exception");
+  EXPECT_TRUE(CallTorch("Op", [] { return absl::OkStatus(); }).ok());
 }
 
 // ---------------------------------------------------------------------------------------------

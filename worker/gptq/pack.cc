@@ -15,7 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "gptq/status_macros.h"
-#include "torch_status.h"
+#include "gptq/torch_status.h"
 
 namespace gptq {
 namespace {
@@ -194,7 +194,7 @@ absl::StatusOr<PackedWeight> Pack(const QuantizedWeight& q, CheckpointFormat for
   GPTQ_RETURN_IF_ERROR(ExpectTensor(q.zeros, "zeros", {g, n}, at::kInt));
   GPTQ_RETURN_IF_ERROR(ExpectTensor(q.g_idx, "g_idx", {k}, at::kInt));
   PackedWeight out;
-  GPTQ_RETURN_IF_ERROR(internal::RunGuarded("Pack", [&]() -> absl::Status {
+  GPTQ_RETURN_IF_ERROR(CallTorch("Pack", [&]() -> absl::Status {
     const at::Tensor codes = q.codes.to(at::kCPU);
     GPTQ_RETURN_IF_ERROR(CheckRange(codes, 0, (1 << q.bits) - 1, "codes"));
     const at::Tensor g_idx = q.g_idx.to(at::kCPU).contiguous();
@@ -214,7 +214,7 @@ absl::StatusOr<UnpackedWeight> Unpack(const PackedWeight& p, int64_t out_feature
                                       int64_t in_features) {
   GPTQ_RETURN_IF_ERROR(ValidatePacked(p, out_features, in_features));
   UnpackedWeight out;
-  GPTQ_RETURN_IF_ERROR(internal::RunGuarded("Unpack", [&] {
+  GPTQ_RETURN_IF_ERROR(CallTorch("Unpack", [&] {
     out.codes = UnpackRows(p.qweight, in_features, p.bits).t().contiguous();
     out.zeros = UnpackZeros(p.qzeros, out_features, p.bits, p.format);
     return absl::OkStatus();
@@ -226,7 +226,7 @@ absl::StatusOr<torch::Tensor> Dequantize(const PackedWeight& p, int64_t out_feat
                                          int64_t in_features) {
   GPTQ_ASSIGN_OR_RETURN(UnpackedWeight u, Unpack(p, out_features, in_features));
   at::Tensor out;
-  GPTQ_RETURN_IF_ERROR(internal::RunGuarded("Dequantize", [&] {
+  GPTQ_RETURN_IF_ERROR(CallTorch("Dequantize", [&] {
     const at::Tensor g_idx = p.g_idx.to(at::kCPU, at::kLong);
     const at::Tensor scale = p.scales.to(at::kCPU, at::kFloat).index_select(0, g_idx);  // [K, N]
     const at::Tensor zero = u.zeros.to(at::kFloat).index_select(0, g_idx);
@@ -254,7 +254,7 @@ absl::StatusOr<PackedWeight> ConvertFormat(const PackedWeight& p, CheckpointForm
   }
   PackedWeight out = p;
   if (p.format == to) return out;
-  GPTQ_RETURN_IF_ERROR(internal::RunGuarded("ConvertFormat", [&]() -> absl::Status {
+  GPTQ_RETURN_IF_ERROR(CallTorch("ConvertFormat", [&]() -> absl::Status {
     const at::Tensor zeros = UnpackZeros(p.qzeros, out_features, p.bits, p.format);
     GPTQ_ASSIGN_OR_RETURN(out.qzeros, PackZeros(zeros, p.bits, to));
     out.format = to;

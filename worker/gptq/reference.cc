@@ -12,7 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "gptq/status_macros.h"
-#include "torch_status.h"
+#include "gptq/torch_status.h"
 
 namespace gptq {
 namespace reference {
@@ -311,7 +311,7 @@ absl::Status ReferenceHessian::AddBatch(const torch::Tensor& x) {
     return absl::InvalidArgumentError(
         absl::StrCat("reference AddBatch: expected [..., ", columns_, "] activations"));
   }
-  return internal::RunGuarded("ReferenceHessian::AddBatch", [&] {
+  return CallTorch("ReferenceHessian::AddBatch", [&] {
     at::Tensor inp = x.to(at::kCPU);
     if (inp.dim() == 2) inp = inp.unsqueeze(0);
     const int64_t tmp = inp.size(0);
@@ -334,7 +334,7 @@ absl::StatusOr<QuantizedWeight> ReferenceGptq(const torch::Tensor& weight,
     return absl::InvalidArgumentError("reference: hessian must be [K, K]");
   }
   QuantizedWeight out;
-  GPTQ_RETURN_IF_ERROR(internal::RunGuarded(
+  GPTQ_RETURN_IF_ERROR(CallTorch(
       "ReferenceGptq", [&] { return GptqInto(weight, hessian, config, &out); }));
   return out;
 }
@@ -344,7 +344,7 @@ absl::StatusOr<QuantizedWeight> ReferenceRtn(const torch::Tensor& weight,
   GPTQ_RETURN_IF_ERROR(ValidateConfig(config));
   GPTQ_RETURN_IF_ERROR(CheckWeight(weight));
   QuantizedWeight out;
-  GPTQ_RETURN_IF_ERROR(internal::RunGuarded("ReferenceRtn", [&] {
+  GPTQ_RETURN_IF_ERROR(CallTorch("ReferenceRtn", [&] {
     RtnInto(weight.to(at::kCPU, at::kDouble), config, &out);
     return absl::OkStatus();
   }));

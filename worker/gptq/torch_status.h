@@ -1,34 +1,41 @@
-// The one place where exceptions thrown by LibTorch become absl::Status (internal to
-// worker/gptq; not installed for other libraries). Every public entry point of gptq_core and
-// gptq_reference runs its Torch work through RunGuarded so that no exception escapes.
+// The one seam where exceptions thrown by LibTorch (c10::Error and its subclasses,
+// std::bad_alloc) become absl::Status, shared by the GPTQ core and the runtime. Torch-free
+// header: every entry point that calls into Torch wraps its body in CallTorch, so no exception
+// escapes to callers.
 #ifndef GPTQ_WORKER_GPTQ_TORCH_STATUS_H_
 #define GPTQ_WORKER_GPTQ_TORCH_STATUS_H_
 
 #include <exception>
+#include <string_view>
 #include <utility>
 
 #include "absl/status/status.h"
-#include "absl/strings/string_view.h"
+#include "absl/status/statusor.h"
 
 namespace gptq {
-namespace internal {
 
-// Converts the exception currently being handled (call only inside a catch block):
-// c10::OutOfMemoryError and std::bad_alloc → ResourceExhausted, any other c10::Error or
-// std::exception → Internal. `context` names the operation ("QuantizeGptq", ...).
-absl::Status StatusFromCurrentException(absl::string_view context);
+// Maps an exception to a Status: c10::OutOfMemoryError, std::bad_alloc and allocator errors →
+// ResourceExhausted; c10::IndexError/ValueError/TypeError → InvalidArgument;
+// c10::NotImplementedError → Unimplemented; any other c10::Error → Internal (message without
+// the C++ backtrace); any other std::exception → Internal. `context` (e.g. "layer 3 forward")
+// prefixes the message.
+absl::Status StatusFromException(const std::exception& e, std::string_view context = {});
 
-// Runs `fn` (returning absl::Status) and converts any exception it throws.
+// The same for an exception that is not a std::exception.
+absl::Status StatusFromUnknownException(std::string_view context = {});
+
+// Runs `fn` (returning absl::Status or absl::StatusOr<T>) and converts any exception.
 template <typename Fn>
-absl::Status RunGuarded(absl::string_view context, Fn&& fn) {
+auto CallTorch(std::string_view context, Fn&& fn) -> decltype(fn()) {
   try {
     return std::forward<Fn>(fn)();
+  } catch (const std::exception& e) {
+    return StatusFromException(e, context);
   } catch (...) {
-    return StatusFromCurrentException(context);
+    return StatusFromUnknownException(context);
   }
 }
 
-}  // namespace internal
 }  // namespace gptq
 
 #endif  // GPTQ_WORKER_GPTQ_TORCH_STATUS_H_

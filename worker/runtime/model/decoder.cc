@@ -10,7 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "gptq/status_macros.h"
-#include "torch_status.h"
+#include "gptq/torch_status.h"
 
 namespace gptq::runtime {
 

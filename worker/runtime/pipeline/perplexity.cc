@@ -9,7 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "gptq/status_macros.h"
 #include "pipeline/layer_runner.h"
-#include "torch_status.h"
+#include "gptq/torch_status.h"
 
 namespace gptq::runtime {
 

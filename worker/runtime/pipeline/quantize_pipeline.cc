@@ -29,7 +29,7 @@
 #include "model/decoder.h"
 #include "pipeline/layer_runner.h"
 #include "quantize_job.h"
-#include "torch_status.h"
+#include "gptq/torch_status.h"
 #include "worker/runtime/data/datasets.h"
 #include "worker/runtime/tokenizer/tokenizer.h"
 #include "worker/runtime/writer/checkpoint_writer.h"

@@ -17,7 +17,7 @@
 #include "model/safetensors.h"
 #include "model/test_util.h"
 #include "quantize_job.h"
-#include "torch_status.h"
+#include "gptq/torch_status.h"
 
 namespace gptq::runtime {
 namespace {
