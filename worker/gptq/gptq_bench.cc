@@ -22,6 +22,7 @@
 #include <torch/cuda.h>
 
 #include "gptq/gptq.h"
+#include "gptq/pack.h"
 
 namespace {
 
@@ -161,6 +162,29 @@ int main(int argc, char** argv) {
       if (rtn.ok()) rtn->codes.sum().item<int64_t>();
       const double rtn_seconds =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - r0).count();
+      // Packing for the checkpoint and the dequantized weight the pipeline puts back into the
+      // layer (from the packed tensors, and from the codes on the device).
+      std::vector<double> pack_times, deq_times, codes_times;
+      for (int r = 0; r < opt.runs; ++r) {
+        auto t0 = std::chrono::steady_clock::now();
+        absl::StatusOr<gptq::PackedWeight> packed = gptq::Pack(*q, gptq::CheckpointFormat::kGptqV1);
+        if (!packed.ok()) {
+          std::fprintf(stderr, "Pack: %s\n", packed.status().ToString().c_str());
+          return 1;
+        }
+        pack_times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+        t0 = std::chrono::steady_clock::now();
+        absl::StatusOr<at::Tensor> deq = gptq::Dequantize(*packed, n, k);
+        if (deq.ok()) deq->to(device).sum().item<double>();
+        deq_times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+        t0 = std::chrono::steady_clock::now();
+        absl::StatusOr<at::Tensor> deq_codes = gptq::DequantizeCodes(*q);
+        if (deq_codes.ok()) deq_codes->sum().item<double>();
+        codes_times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      }
+      std::printf("  %5ld x %5ld: pack %.4f s, dequantize packed %.4f s, dequantize codes %.4f s (medians)\n",
+                  static_cast<long>(n), static_cast<long>(k), Median(pack_times), Median(deq_times),
+                  Median(codes_times));
       const double median = Median(times);
       std::printf(
           "  %5ld x %5ld: median %.4f s (min %.4f, max %.4f) over %d runs; loss %.6g; "
@@ -177,7 +201,10 @@ int main(int argc, char** argv) {
       }
       json += "], \"loss\": " + std::to_string(q->loss) +
               ", \"rtn_fallback\": " + (q->rtn_fallback ? "true" : "false") +
-              ", \"rtn_seconds\": " + std::to_string(rtn_seconds) + "}" +
+              ", \"rtn_seconds\": " + std::to_string(rtn_seconds) +
+              ", \"pack_seconds\": " + std::to_string(Median(pack_times)) +
+              ", \"dequantize_packed_seconds\": " + std::to_string(Median(deq_times)) +
+              ", \"dequantize_codes_seconds\": " + std::to_string(Median(codes_times)) + "}" +
               (m + 1 < outs.size() ? ",\n" : "\n");
     }
   } catch (const std::exception& e) {

@@ -203,6 +203,11 @@ TEST(GptqCudaMiscTest, FallbackAndPackingFromCuda) {
   ASSERT_TRUE(deq_gpu.ok()) << deq_gpu.status();
   EXPECT_TRUE(deq_gpu->is_cuda());
   EXPECT_TRUE(at::equal(deq_gpu->cpu(), *deq));
+  // The runtime's shortcut from the CUDA codes: on the device, bit-equal too.
+  absl::StatusOr<at::Tensor> from_codes = DequantizeCodes(*q);
+  ASSERT_TRUE(from_codes.ok()) << from_codes.status();
+  EXPECT_TRUE(from_codes->is_cuda());
+  EXPECT_TRUE(at::equal(from_codes->cpu(), *deq));
   // A CPU Hessian with a CUDA weight is refused, not silently copied.
   absl::Status s = QuantizeGptq(w, at::eye(k), c).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);

@@ -238,6 +238,32 @@ absl::StatusOr<torch::Tensor> Dequantize(const PackedWeight& p, int64_t out_feat
   return out;
 }
 
+absl::StatusOr<torch::Tensor> DequantizeCodes(const QuantizedWeight& q) {
+  GPTQ_RETURN_IF_ERROR(ValidateBits(q.bits));
+  if (!q.codes.defined() || q.codes.dim() != 2 || q.codes.scalar_type() != at::kInt) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("codes: expected [N, K] int32, got ", ShapeString(q.codes)));
+  }
+  const int64_t n = q.codes.size(0), k = q.codes.size(1);
+  if (!q.scales.defined() || q.scales.dim() != 2 || q.scales.size(1) != n || q.scales.size(0) < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("scales: expected [G, ", n, "], got ", ShapeString(q.scales)));
+  }
+  GPTQ_RETURN_IF_ERROR(ExpectTensor(q.zeros, "zeros", {q.scales.size(0), n}, at::kInt));
+  GPTQ_RETURN_IF_ERROR(ExpectTensor(q.g_idx, "g_idx", {k}, at::kInt));
+  at::Tensor out;
+  GPTQ_RETURN_IF_ERROR(CallTorch("DequantizeCodes", [&] {
+    const at::Device device = q.codes.device();
+    const at::Tensor g_idx = q.g_idx.to(device, at::kLong);
+    // The same operations, in the same precision, as Dequantize on the packed tensors.
+    const at::Tensor scale = q.scales.to(device).to(at::kHalf).to(at::kFloat).index_select(0, g_idx);  // [K, N]
+    const at::Tensor zero = q.zeros.to(device).to(at::kFloat).index_select(0, g_idx);
+    out = (scale * (q.codes.t().to(at::kFloat) - zero)).t().to(at::kHalf).contiguous();
+    return absl::OkStatus();
+  }));
+  return out;
+}
+
 absl::StatusOr<PackedWeight> ConvertFormat(const PackedWeight& p, CheckpointFormat to,
                                            int64_t out_features) {
   GPTQ_RETURN_IF_ERROR(ValidateBits(p.bits));

@@ -44,6 +44,12 @@ absl::StatusOr<UnpackedWeight> Unpack(const PackedWeight& p, int64_t out_feature
 absl::StatusOr<torch::Tensor> Dequantize(const PackedWeight& p, int64_t out_features,
                                          int64_t in_features);
 
+// What Dequantize(Pack(q)) returns, computed from the codes where they are (the GPU in the
+// runtime) without packing: float16 [N, K] = fp16-rounded scales[g_idx] · (codes − zeros), on
+// q.codes' device. Bit-equal to the packed path (tested); the runtime feeds it to the rest of
+// the layer.
+absl::StatusOr<torch::Tensor> DequantizeCodes(const QuantizedWeight& q);
+
 // Converts qzeros between v1 and v2 (returns a new PackedWeight with the other format).
 absl::StatusOr<PackedWeight> ConvertFormat(const PackedWeight& p, CheckpointFormat to,
                                            int64_t out_features);

@@ -33,6 +33,28 @@ QuantizedWeight RandomQuantized(int64_t n, int64_t k, int bits, int group_size, 
   return q;
 }
 
+// act-order g_idx (a permutation of the groups' members) and a partial last group: the codes
+// shortcut still equals dequantizing the packed tensors, bit for bit.
+TEST(DequantizeCodesTest, MatchesThePackedPathWithActOrderGroups) {
+  const int64_t n = 64, k = 160;
+  QuantizedWeight q = RandomQuantized(n, k, 4, 48, 7);
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(11);
+  q.g_idx = q.g_idx.index_select(0, at::randperm(k, gen, at::kLong)).contiguous();
+  for (CheckpointFormat f : {CheckpointFormat::kGptqV1, CheckpointFormat::kGptqV2}) {
+    absl::StatusOr<PackedWeight> p = Pack(q, f);
+    ASSERT_TRUE(p.ok()) << p.status();
+    absl::StatusOr<at::Tensor> deq = Dequantize(*p, n, k);
+    absl::StatusOr<at::Tensor> from_codes = DequantizeCodes(q);
+    ASSERT_TRUE(deq.ok() && from_codes.ok());
+    EXPECT_TRUE(at::equal(*from_codes, *deq));
+  }
+  QuantizedWeight bad = q;
+  bad.g_idx = q.g_idx.narrow(0, 0, k - 1);
+  const absl::Status s = DequantizeCodes(bad).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("g_idx"), std::string::npos) << s;
+}
+
 class PackRoundTripTest : public ::testing::TestWithParam<std::tuple<int, CheckpointFormat>> {};
 
 TEST_P(PackRoundTripTest, UnpackAndDequantizeAreExact) {
@@ -60,6 +82,10 @@ TEST_P(PackRoundTripTest, UnpackAndDequantizeAreExact) {
                                (q.codes - q.zeros.index_select(0, gi).t()).to(at::kFloat))
                                   .to(at::kHalf);
   EXPECT_TRUE(at::equal(*deq, expected));
+  // The runtime's shortcut from the codes gives the very same weight.
+  absl::StatusOr<at::Tensor> from_codes = DequantizeCodes(q);
+  ASSERT_TRUE(from_codes.ok()) << from_codes.status();
+  EXPECT_TRUE(at::equal(*from_codes, *deq));
 
   // The other format and back.
   const CheckpointFormat other =

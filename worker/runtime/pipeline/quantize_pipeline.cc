@@ -479,8 +479,9 @@ class Job {
       mr.rtn_fallback = q.rtn_fallback;
       const auto tp = Clock::now();
       GPTQ_ASSIGN_OR_RETURN(gptq::PackedWeight packed, gptq::Pack(q, format_));
-      // The rest of the layer (and the next layers' inputs) see exactly what the artifact holds.
-      GPTQ_ASSIGN_OR_RETURN(torch::Tensor deq, gptq::Dequantize(packed, rows, columns));
+      // The rest of the layer (and the next layers' inputs) see exactly what the artifact holds:
+      // DequantizeCodes is bit-equal to dequantizing `packed`, computed where the codes are.
+      GPTQ_ASSIGN_OR_RETURN(torch::Tensor deq, gptq::DequantizeCodes(q));
       GPTQ_RETURN_IF_ERROR(CallTorch(prefix, [&]() -> absl::Status {
         lin.weight = deq.to(spec_.device, spec_.dtype);
         return absl::OkStatus();
