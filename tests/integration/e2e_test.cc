@@ -42,33 +42,14 @@ std::string Sha256File(const std::string& path) {
   return hex;
 }
 
-class EndToEndTest : public ::testing::Test {
+class EndToEndTest : public JobServiceTest {
  protected:
   void SetUp() override {
     GPTQ_REQUIRE_SERVER();
     GPTQ_REQUIRE_WORKER();
     GPTQ_REQUIRE_DATA();
-    outputs_ = tmp_.Sub("outputs");
-    fs::create_directories(outputs_);
-    ServerOptions opts;
-    opts.local_workers = 1;
-    opts.allowed_model_roots = {DataRoot() + "/models"};
-    opts.allowed_output_roots = {outputs_};
-    server_ = std::make_unique<Server>(tmp_.path(), opts);
-    ASSERT_TRUE(server_->Start().ok()) << server_->LogTail();
+    StartServer(/*local_workers=*/1);
   }
-
-  Job Create(const gptq::v1::CreateJobRequest& req) {
-    grpc::ClientContext ctx;
-    Job job;
-    grpc::Status s = server_->stub().CreateJob(&ctx, req, &job);
-    EXPECT_TRUE(s.ok()) << s.error_message();
-    return job;
-  }
-
-  TempDir tmp_;
-  std::string outputs_;
-  std::unique_ptr<Server> server_;
 };
 
 TEST_F(EndToEndTest, SucceedsWithOutputWatchedByHundredWatchersSeeingTheSameEvents) {

@@ -19,6 +19,8 @@
 #include <string>
 #include <vector>
 
+#include <gtest/gtest.h>
+
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "gptq/v1/quantization.grpc.pb.h"
@@ -203,5 +205,39 @@ std::string DescribeGrpc(int code, const std::string& message);
                       "GPTQ_TEST_DATA_ROOT (normally ../shared/data)";                 \
     }                                                                                  \
   } while (0)
+
+namespace gptq::testing {
+
+// Base fixture of the job-running suites: a server on a temp db whose allowed roots are the
+// shared models and `outputs_`. SetUp of the subclass checks the GPTQ_REQUIRE_* preconditions
+// (they return from the function they are in), then calls StartServer.
+class JobServiceTest : public ::testing::Test {
+ protected:
+  void StartServer(int local_workers) {
+    outputs_ = tmp_.Sub("outputs");
+    std::filesystem::create_directories(outputs_);
+    ServerOptions opts;
+    opts.local_workers = local_workers;
+    opts.heartbeat_seconds = 1;
+    opts.allowed_model_roots = {DataRoot() + "/models"};
+    opts.allowed_output_roots = {outputs_};
+    server_ = std::make_unique<Server>(tmp_.path(), opts);
+    ASSERT_TRUE(server_->Start().ok()) << server_->LogTail();
+  }
+
+  gptq::v1::Job Create(const gptq::v1::CreateJobRequest& req) {
+    grpc::ClientContext ctx;
+    gptq::v1::Job job;
+    grpc::Status s = server_->stub().CreateJob(&ctx, req, &job);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return job;
+  }
+
+  TempDir tmp_;
+  std::string outputs_;
+  std::unique_ptr<Server> server_;
+};
+
+}  // namespace gptq::testing
 
 #endif  // GPTQ_TESTS_INTEGRATION_HARNESS_H_

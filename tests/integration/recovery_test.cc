@@ -19,29 +19,13 @@ namespace {
 namespace fs = std::filesystem;
 using gptq::v1::Job;
 
-class RecoveryTest : public ::testing::Test {
+class RecoveryTest : public JobServiceTest {
  protected:
   void SetUp() override {
     GPTQ_REQUIRE_SERVER();
     GPTQ_REQUIRE_WORKER();
     GPTQ_REQUIRE_DATA();
-    outputs_ = tmp_.Sub("outputs");
-    fs::create_directories(outputs_);
-    ServerOptions opts;
-    opts.local_workers = 0;
-    opts.heartbeat_seconds = 1;
-    opts.allowed_model_roots = {DataRoot() + "/models"};
-    opts.allowed_output_roots = {outputs_};
-    server_ = std::make_unique<Server>(tmp_.path(), opts);
-    ASSERT_TRUE(server_->Start().ok()) << server_->LogTail();
-  }
-
-  Job Create(const gptq::v1::CreateJobRequest& req) {
-    grpc::ClientContext ctx;
-    Job job;
-    grpc::Status s = server_->stub().CreateJob(&ctx, req, &job);
-    EXPECT_TRUE(s.ok()) << s.error_message();
-    return job;
+    StartServer(/*local_workers=*/0);
   }
 
   // Waits until the job has quantized its first module (mid-job); returns the job then.
@@ -93,9 +77,6 @@ class RecoveryTest : public ::testing::Test {
     final_job_ = *done;
   }
 
-  TempDir tmp_;
-  std::string outputs_;
-  std::unique_ptr<Server> server_;
   Job final_job_;
 };
 
