@@ -188,6 +188,21 @@ TEST(GptqCudaMiscTest, FallbackAndPackingFromCuda) {
   absl::StatusOr<PackedWeight> p = Pack(*q, CheckpointFormat::kGptqV1);
   ASSERT_TRUE(p.ok()) << p.status();
   EXPECT_FALSE(p->qweight.is_cuda());
+  // Packed on the GPU (tensor arithmetic) = packed on the CPU (the loop), word for word.
+  QuantizedWeight q_cpu = *q;
+  q_cpu.codes = q->codes.cpu();
+  q_cpu.scales = q->scales.cpu();
+  q_cpu.zeros = q->zeros.cpu();
+  q_cpu.g_idx = q->g_idx.cpu();
+  absl::StatusOr<PackedWeight> p_cpu = Pack(q_cpu, CheckpointFormat::kGptqV1);
+  ASSERT_TRUE(p_cpu.ok()) << p_cpu.status();
+  EXPECT_TRUE(at::equal(p->qweight, p_cpu->qweight));
+  EXPECT_TRUE(at::equal(p->qzeros, p_cpu->qzeros));
+  for (int bits : {2, 3, 4, 8}) {
+    const at::Tensor v = at::randint(0, 1 << bits, {32 * 9, 40}, at::kInt);
+    EXPECT_TRUE(at::equal(internal::PackRowsTensor(v.cuda(), bits).cpu(), internal::PackRowsLoop(v, bits)))
+        << bits << " bits";
+  }
   absl::StatusOr<at::Tensor> deq = Dequantize(*p, 64, k);
   ASSERT_TRUE(deq.ok());
   EXPECT_LT(Nmse(*deq, q->dequantized), 1e-5);

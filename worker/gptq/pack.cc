@@ -49,9 +49,14 @@ absl::Status ExpectTensor(const at::Tensor& t, const char* name, std::vector<int
   return absl::OkStatus();
 }
 
+}  // namespace
+
+namespace internal {
+
 // Packs values [rows, cols] (int32, each in [0, 2^bits)) along dim 0 into
-// [rows·bits/32, cols] int32 words.
-at::Tensor PackRows(const at::Tensor& values, int bits) {
+// [rows·bits/32, cols] int32 words: the scalar loop, on the CPU (the twin of PackRowsTensor,
+// and the faster of the two on a CPU).
+at::Tensor PackRowsLoop(const at::Tensor& values, int bits) {
   const at::Tensor v = values.to(at::kCPU, at::kInt).contiguous();
   const int64_t rows = v.size(0), cols = v.size(1);
   std::vector<uint32_t> words(static_cast<size_t>(rows * bits / 32 * cols), 0u);
@@ -71,6 +76,38 @@ at::Tensor PackRows(const at::Tensor& values, int bits) {
   at::Tensor out = at::empty({rows * bits / 32, cols}, at::kInt);
   std::memcpy(out.data_ptr<int32_t>(), words.data(), words.size() * sizeof(uint32_t));
   return out;
+}
+
+// The same words from whole-tensor integer arithmetic on the values' device (the GPU path):
+// for each of the L values of a group (L = 32 for 3-bit, 32/b otherwise; L·b/32 words),
+// value j adds (v·2^shift mod 2^32) to word ⌊b·j/32⌋ and, when it straddles, ⌊v / 2^(32−shift)⌋
+// to the next word. Bits never overlap, so sums are ORs. Rows must be a multiple of L.
+at::Tensor PackRowsTensor(const at::Tensor& values, int bits) {
+  const int64_t rows = values.size(0), cols = values.size(1);
+  const int64_t group = bits == 3 ? 32 : 32 / bits;
+  const int64_t words_per_group = group * bits / 32;
+  const at::Tensor v = values.to(at::kLong).contiguous().view({rows / group, group, cols});
+  constexpr int64_t kTwo32 = int64_t{1} << 32;
+  std::vector<at::Tensor> words;
+  for (int64_t w = 0; w < words_per_group; ++w) words.push_back(at::zeros({rows / group, cols}, v.options()));
+  for (int64_t j = 0; j < group; ++j) {
+    const int64_t bit = j * bits, word = bit / 32, shift = bit % 32;
+    const at::Tensor vj = v.select(1, j);
+    words[word].add_(at::remainder(vj * (int64_t{1} << shift), kTwo32));
+    if (shift + bits > 32) words[word + 1].add_(at::div(vj, int64_t{1} << (32 - shift), "floor"));
+  }
+  at::Tensor out = at::stack(words, 1).view({rows / group * words_per_group, cols});
+  // [0, 2^32) → the int32 with the same bits.
+  out = at::where(out >= (int64_t{1} << 31), out - kTwo32, out);
+  return out.to(at::kInt);
+}
+
+}  // namespace internal
+
+namespace {
+
+at::Tensor PackRows(const at::Tensor& values, int bits) {
+  return values.is_cuda() ? internal::PackRowsTensor(values, bits) : internal::PackRowsLoop(values, bits);
 }
 
 // Inverse of PackRows: words [rows·bits/32, cols] → values [rows, cols] int32.
@@ -195,12 +232,14 @@ absl::StatusOr<PackedWeight> Pack(const QuantizedWeight& q, CheckpointFormat for
   GPTQ_RETURN_IF_ERROR(ExpectTensor(q.g_idx, "g_idx", {k}, at::kInt));
   PackedWeight out;
   GPTQ_RETURN_IF_ERROR(CallTorch("Pack", [&]() -> absl::Status {
-    const at::Tensor codes = q.codes.to(at::kCPU);
+    // The codes are packed where they are (on a GPU: integer arithmetic there, then only the
+    // packed words travel); everything returned is on the CPU.
+    const at::Tensor& codes = q.codes;
     GPTQ_RETURN_IF_ERROR(CheckRange(codes, 0, (1 << q.bits) - 1, "codes"));
     const at::Tensor g_idx = q.g_idx.to(at::kCPU).contiguous();
     GPTQ_RETURN_IF_ERROR(CheckRange(g_idx, 0, g - 1, "g_idx"));
     GPTQ_ASSIGN_OR_RETURN(out.qzeros, PackZeros(q.zeros, q.bits, format));
-    out.qweight = PackRows(codes.t().contiguous(), q.bits);  // packed along K
+    out.qweight = PackRows(codes.t().contiguous(), q.bits).to(at::kCPU);  // packed along K
     out.scales = q.scales.to(at::kCPU, at::kHalf).contiguous();
     out.g_idx = g_idx;
     out.bits = q.bits;

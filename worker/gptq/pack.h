@@ -54,6 +54,14 @@ absl::StatusOr<torch::Tensor> DequantizeCodes(const QuantizedWeight& q);
 absl::StatusOr<PackedWeight> ConvertFormat(const PackedWeight& p, CheckpointFormat to,
                                            int64_t out_features);
 
+namespace internal {
+// Packing along dim 0 of values [rows, cols] int32 in [0, 2^bits) into [rows·bits/32, cols]
+// int32 words (exposed for the tests): the scalar loop (CPU; used for CPU tensors) and its
+// tensor-arithmetic twin (any device; used for CUDA tensors). Bit-identical.
+torch::Tensor PackRowsLoop(const torch::Tensor& values, int bits);
+torch::Tensor PackRowsTensor(const torch::Tensor& values, int bits);
+}  // namespace internal
+
 }  // namespace gptq
 
 #endif  // GPTQ_WORKER_GPTQ_PACK_H_

@@ -55,6 +55,26 @@ TEST(DequantizeCodesTest, MatchesThePackedPathWithActOrderGroups) {
   EXPECT_NE(s.message().find("g_idx"), std::string::npos) << s;
 }
 
+// The GPU packer (tensor arithmetic) against the scalar loop, on the CPU: every bit width,
+// extreme values (all ones sets the sign bit of every word), random values.
+TEST(PackRowsTest, TensorArithmeticMatchesTheLoop) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(5);
+  for (int bits : {2, 3, 4, 8}) {
+    const int64_t rows = 32 * 5, cols = 7;
+    for (const at::Tensor& v : {at::full({rows, cols}, (1 << bits) - 1, at::kInt),
+                                at::zeros({rows, cols}, at::kInt),
+                                at::randint(0, 1 << bits, {rows, cols}, gen, at::kInt)}) {
+      const at::Tensor loop = internal::PackRowsLoop(v, bits);
+      const at::Tensor tensor = internal::PackRowsTensor(v, bits);
+      ASSERT_EQ(tensor.scalar_type(), at::kInt);
+      ASSERT_EQ(tensor.sizes(), loop.sizes()) << bits;
+      EXPECT_TRUE(at::equal(tensor, loop)) << bits << " bits";
+    }
+  }
+  // Known word: eight 4-bit sevens.
+  EXPECT_EQ(internal::PackRowsTensor(at::full({8, 1}, 7, at::kInt), 4).item<int32_t>(), Word(0x77777777u));
+}
+
 class PackRoundTripTest : public ::testing::TestWithParam<std::tuple<int, CheckpointFormat>> {};
 
 TEST_P(PackRoundTripTest, UnpackAndDequantizeAreExact) {
