@@ -20,7 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "hub/sha256.h"
+#include "gptq/sha256.h"
 #include "testing/fake_worker_service.h"
 
 extern char** environ;
@@ -193,7 +193,7 @@ TEST_F(WorkerServeTest, QuantizesStories260KAndFinishesWithResults) {
     const std::string p = out + "/" + file.path();
     ASSERT_TRUE(fs::exists(p)) << p;
     EXPECT_EQ(static_cast<int64_t>(fs::file_size(p)), file.size_bytes()) << p;
-    EXPECT_EQ(*hub::Sha256File(p), file.sha256()) << p;
+    EXPECT_EQ(*gptq::Sha256File(p), file.sha256()) << p;
   }
   EXPECT_TRUE(paths.count("config.json"));
 

@@ -25,8 +25,8 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "gptq/posix_fs.h"
+#include "gptq/sha256.h"
 #include "gptq/status_macros.h"
-#include "hub/sha256.h"
 #include "nlohmann/json.hpp"
 
 namespace gptq::hub {

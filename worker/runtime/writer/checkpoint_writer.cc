@@ -18,9 +18,9 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "gptq/posix_fs.h"
+#include "gptq/sha256.h"
 #include "gptq/status_macros.h"
 #include "nlohmann/json.hpp"
-#include "worker/runtime/writer/sha256.h"
 
 namespace gptq::runtime {
 

@@ -17,7 +17,7 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "worker/runtime/writer/safetensors_reader.h"
-#include "worker/runtime/writer/sha256.h"
+#include "gptq/sha256.h"
 
 namespace gptq::runtime {
 namespace {
@@ -136,7 +136,7 @@ TEST(CheckpointWriterTest, SingleShardRoundTrip) {
   EXPECT_THAT(ListDir(out), ElementsAre("config.json", "model.safetensors"));
   for (const WrittenFile& f : files) {
     EXPECT_EQ(f.size_bytes, fs::file_size(out + "/" + f.name)) << f.name;
-    EXPECT_EQ(f.sha256_hex, *Sha256FileHex(out + "/" + f.name)) << f.name;
+    EXPECT_EQ(f.sha256_hex, *Sha256File(out + "/" + f.name)) << f.name;
   }
   EXPECT_THAT(ListDir(root), ElementsAre("ckpt"));  // no temporary directory left
   // The directory's mode follows the umask like any mkdir (not mkdtemp's 0700).
@@ -214,7 +214,7 @@ TEST(CheckpointWriterTest, ShardingBoundariesAndIndex) {
                           "model-00004-of-00004.safetensors", "model.safetensors.index.json"));
   ASSERT_EQ(files.size(), 6u);
   for (const WrittenFile& f : files) {
-    EXPECT_EQ(f.sha256_hex, *Sha256FileHex(out + "/" + f.name)) << f.name;
+    EXPECT_EQ(f.sha256_hex, *Sha256File(out + "/" + f.name)) << f.name;
   }
 
   const std::vector<std::vector<std::string>> expected_shards = {

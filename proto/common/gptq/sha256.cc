@@ -1,4 +1,4 @@
-#include "hub/sha256.h"
+#include "gptq/sha256.h"
 
 #include <openssl/evp.h>
 
@@ -10,7 +10,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 
-namespace gptq::hub {
+namespace gptq {
 
 struct Sha256::Impl {
   EVP_MD_CTX* ctx = nullptr;
@@ -23,8 +23,8 @@ Sha256::Sha256() : impl_(std::make_unique<Impl>()) {
 
 Sha256::~Sha256() { EVP_MD_CTX_free(impl_->ctx); }
 
-void Sha256::Update(absl::string_view bytes) {
-  EVP_DigestUpdate(impl_->ctx, bytes.data(), bytes.size());
+void Sha256::Update(const void* data, size_t size) {
+  EVP_DigestUpdate(impl_->ctx, data, size);
 }
 
 std::string Sha256::HexDigest() {
@@ -64,4 +64,4 @@ absl::StatusOr<std::string> Sha256File(const std::string& path) {
   return h.HexDigest();
 }
 
-}  // namespace gptq::hub
+}  // namespace gptq

@@ -1,4 +1,4 @@
-#include "worker/runtime/writer/sha256.h"
+#include "gptq/sha256.h"
 
 #include <cstdio>
 #include <cstdlib>
@@ -7,7 +7,7 @@
 
 #include "gtest/gtest.h"
 
-namespace gptq::runtime {
+namespace gptq {
 namespace {
 
 // FIPS 180-4 / NIST CAVS example vectors.
@@ -68,14 +68,14 @@ TEST(Sha256Test, FileMatchesSha256sum) {
   char out[65] = {};
   ASSERT_EQ(std::fread(out, 1, 64, pipe), 64u);
   ::pclose(pipe);
-  absl::StatusOr<std::string> ours = Sha256FileHex(path);
+  absl::StatusOr<std::string> ours = Sha256File(path);
   ASSERT_TRUE(ours.ok()) << ours.status();
   EXPECT_EQ(*ours, std::string(out));
   EXPECT_EQ(*ours, Sha256Hex(data));
   std::remove(path.c_str());
 
-  EXPECT_EQ(Sha256FileHex(path).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(Sha256File(path).status().code(), absl::StatusCode::kNotFound);
 }
 
 }  // namespace
-}  // namespace gptq::runtime
+}  // namespace gptq
