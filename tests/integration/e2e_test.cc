@@ -1,14 +1,10 @@
 // End to end on the real gptq-server with one local gptq-worker and real models:
 // submit -> RUNNING -> SUCCEEDED with 100 concurrent watchers, perplexity before/after through
 // `gptqctl submit --wait`, cancel of a running job, and the /metrics exposition under promtool.
-#include <openssl/evp.h>
-
 #include <atomic>
 #include <cmath>
 #include <filesystem>
-#include <fstream>
 #include <set>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -19,6 +15,7 @@
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
 #include "gtest/gtest.h"
+#include "gptq/sha256.h"
 #include "harness.h"
 
 namespace gptq::testing {
@@ -28,19 +25,6 @@ namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 using gptq::v1::Job;
 using gptq::v1::JobEvent;
-
-std::string Sha256File(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  const std::string data = ss.str();
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  EVP_Digest(data.data(), data.size(), md, &len, EVP_sha256(), nullptr);
-  std::string hex;
-  for (unsigned int i = 0; i < len; ++i) absl::StrAppendFormat(&hex, "%02x", md[i]);
-  return hex;
-}
 
 class EndToEndTest : public JobServiceTest {
  protected:
@@ -124,7 +108,7 @@ TEST_F(EndToEndTest, SucceedsWithOutputWatchedByHundredWatchersSeeingTheSameEven
     const std::string path = out + "/" + f.path();
     ASSERT_TRUE(fs::exists(path)) << path;
     EXPECT_EQ(static_cast<int64_t>(fs::file_size(path)), f.size_bytes()) << f.path();
-    EXPECT_EQ(Sha256File(path), f.sha256()) << f.path();
+    EXPECT_EQ(*gptq::Sha256File(path), f.sha256()) << f.path();
   }
   std::sort(reported.begin(), reported.end());
   EXPECT_EQ(ListFiles(out), reported) << "exactly the reported files, no leftovers";

@@ -187,6 +187,17 @@ absl::Status ValidatePacked(const PackedWeight& p, int64_t n, int64_t k) {
   return absl::OkStatus();
 }
 
+// fp16 [N, K] = fp16(scales)[g_idx] · (codes − zeros[g_idx]), in fp32 on codes' device: the
+// one formula of Dequantize (packed) and DequantizeCodes, so the two are bit-equal.
+at::Tensor ScaleCodes(const at::Tensor& codes, const at::Tensor& scales, const at::Tensor& zeros,
+                      const at::Tensor& g_idx) {
+  const at::Device device = codes.device();
+  const at::Tensor gi = g_idx.to(device, at::kLong);
+  const at::Tensor scale = scales.to(device).to(at::kHalf).to(at::kFloat).index_select(0, gi);  // [K, N]
+  const at::Tensor zero = zeros.to(device).to(at::kFloat).index_select(0, gi);
+  return (scale * (codes.t().to(at::kFloat) - zero)).t().to(at::kHalf).contiguous();
+}
+
 }  // namespace
 
 absl::Status CheckPackable(int64_t out_features, int64_t in_features, int bits) {
@@ -214,22 +225,33 @@ absl::Status CheckPackable(int64_t out_features, int64_t in_features, int bits) 
   return absl::OkStatus();
 }
 
-absl::StatusOr<PackedWeight> Pack(const QuantizedWeight& q, CheckpointFormat format) {
+namespace {
+
+// Shapes and dtypes of a QuantizedWeight's codes [N, K] int32, scales [G, N], zeros [G, N]
+// int32 and g_idx [K] int32 (and, with `packable`, CheckPackable on N, K).
+absl::Status ValidateQuantized(const QuantizedWeight& q, bool packable) {
   GPTQ_RETURN_IF_ERROR(ValidateBits(q.bits));
   if (!q.codes.defined() || q.codes.dim() != 2) {
     return absl::InvalidArgumentError(
         absl::StrCat("codes: expected [N, K] int32, got ", ShapeString(q.codes)));
   }
   const int64_t n = q.codes.size(0), k = q.codes.size(1);
-  GPTQ_RETURN_IF_ERROR(CheckPackable(n, k, q.bits));
+  if (packable) GPTQ_RETURN_IF_ERROR(CheckPackable(n, k, q.bits));
   GPTQ_RETURN_IF_ERROR(ExpectTensor(q.codes, "codes", {n, k}, at::kInt));
   if (!q.scales.defined() || q.scales.dim() != 2 || q.scales.size(1) != n || q.scales.size(0) < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("scales: expected [G, ", n, "], got ", ShapeString(q.scales)));
   }
-  const int64_t g = q.scales.size(0);
-  GPTQ_RETURN_IF_ERROR(ExpectTensor(q.zeros, "zeros", {g, n}, at::kInt));
+  GPTQ_RETURN_IF_ERROR(ExpectTensor(q.zeros, "zeros", {q.scales.size(0), n}, at::kInt));
   GPTQ_RETURN_IF_ERROR(ExpectTensor(q.g_idx, "g_idx", {k}, at::kInt));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<PackedWeight> Pack(const QuantizedWeight& q, CheckpointFormat format) {
+  GPTQ_RETURN_IF_ERROR(ValidateQuantized(q, /*packable=*/true));
+  const int64_t g = q.scales.size(0);
   PackedWeight out;
   GPTQ_RETURN_IF_ERROR(CallTorch("Pack", [&]() -> absl::Status {
     // The codes are packed where they are (on a GPU: integer arithmetic there, then only the
@@ -266,38 +288,18 @@ absl::StatusOr<torch::Tensor> Dequantize(const PackedWeight& p, int64_t out_feat
   GPTQ_ASSIGN_OR_RETURN(UnpackedWeight u, Unpack(p, out_features, in_features));
   at::Tensor out;
   GPTQ_RETURN_IF_ERROR(CallTorch("Dequantize", [&] {
-    const at::Tensor g_idx = p.g_idx.to(at::kCPU, at::kLong);
-    const at::Tensor scale = p.scales.to(at::kCPU, at::kFloat).index_select(0, g_idx);  // [K, N]
-    const at::Tensor zero = u.zeros.to(at::kFloat).index_select(0, g_idx);
-    out = (scale * (u.codes.t().to(at::kFloat) - zero)).t().to(at::kHalf).contiguous();
     // Unpacking runs on the CPU; the weight goes back where the packed tensors live.
-    out = out.to(p.qweight.device());
+    out = ScaleCodes(u.codes, p.scales, u.zeros, p.g_idx).to(p.qweight.device());
     return absl::OkStatus();
   }));
   return out;
 }
 
 absl::StatusOr<torch::Tensor> DequantizeCodes(const QuantizedWeight& q) {
-  GPTQ_RETURN_IF_ERROR(ValidateBits(q.bits));
-  if (!q.codes.defined() || q.codes.dim() != 2 || q.codes.scalar_type() != at::kInt) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("codes: expected [N, K] int32, got ", ShapeString(q.codes)));
-  }
-  const int64_t n = q.codes.size(0), k = q.codes.size(1);
-  if (!q.scales.defined() || q.scales.dim() != 2 || q.scales.size(1) != n || q.scales.size(0) < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("scales: expected [G, ", n, "], got ", ShapeString(q.scales)));
-  }
-  GPTQ_RETURN_IF_ERROR(ExpectTensor(q.zeros, "zeros", {q.scales.size(0), n}, at::kInt));
-  GPTQ_RETURN_IF_ERROR(ExpectTensor(q.g_idx, "g_idx", {k}, at::kInt));
+  GPTQ_RETURN_IF_ERROR(ValidateQuantized(q, /*packable=*/false));
   at::Tensor out;
   GPTQ_RETURN_IF_ERROR(CallTorch("DequantizeCodes", [&] {
-    const at::Device device = q.codes.device();
-    const at::Tensor g_idx = q.g_idx.to(device, at::kLong);
-    // The same operations, in the same precision, as Dequantize on the packed tensors.
-    const at::Tensor scale = q.scales.to(device).to(at::kHalf).to(at::kFloat).index_select(0, g_idx);  // [K, N]
-    const at::Tensor zero = q.zeros.to(device).to(at::kFloat).index_select(0, g_idx);
-    out = (scale * (q.codes.t().to(at::kFloat) - zero)).t().to(at::kHalf).contiguous();
+    out = ScaleCodes(q.codes, q.scales, q.zeros, q.g_idx);
     return absl::OkStatus();
   }));
   return out;

@@ -3,8 +3,8 @@
 // Why not std::filesystem: PyTorch's wheels (LibTorch 2.x, the GPU machine's) export their own
 // statically linked copies of libstdc++'s std::filesystem. In a process that lists libtorch
 // before libstdc++, our std::filesystem calls bind to those copies and crash (seen on the H100:
-// a jump to address 0 inside remove_all). The worker and its tests therefore use these, and a
-// test (posix_fs_rule_test) fails when std::filesystem appears under worker/.
+// a jump to address 0 inside remove_all). Worker code therefore uses these, and the ctest
+// worker_no_std_filesystem fails when std::filesystem appears in a worker source.
 #ifndef GPTQ_COMMON_POSIX_FS_H_
 #define GPTQ_COMMON_POSIX_FS_H_
 

@@ -1,5 +1,5 @@
-// SHA-256 of byte strings and files (OpenSSL's libcrypto underneath: SHA-NI/AVX2 where the CPU
-// has them, ~7× the portable C we had in the writer). Plain C++: no Torch, no protobuf. The
+// SHA-256 of byte strings and files (OpenSSL's libcrypto underneath; on the 2-core dev machine
+// `openssl dgst` hashed 256 MB in 0.29 s, the writer's former portable C ran at 172 MB/s). Plain C++: no Torch, no protobuf. The
 // checkpoint writer reports the files it writes with it; the hf:// downloader checks downloads.
 #ifndef GPTQ_COMMON_SHA256_H_
 #define GPTQ_COMMON_SHA256_H_

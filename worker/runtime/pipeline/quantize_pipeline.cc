@@ -1,7 +1,6 @@
 // RunQuantizeJob: load → calibrate → (evaluate before) → layer-by-layer GPTQ with packing and
 // streaming write → (evaluate after, from the packed tensors) → report.
 #include <malloc.h>
-#include <sys/stat.h>
 
 #include <chrono>
 #include <cmath>
@@ -25,6 +24,7 @@
 #include "absl/strings/str_join.h"
 #include "gptq/gptq.h"
 #include "gptq/pack.h"
+#include "gptq/posix_fs.h"
 #include "gptq/status_macros.h"
 #include "model/decoder.h"
 #include "pipeline/layer_runner.h"
@@ -41,11 +41,6 @@ using Clock = std::chrono::steady_clock;
 
 double SecondsSince(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
-}
-
-bool FileExists(const std::string& path) {
-  struct stat st;
-  return stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
 }
 
 std::string ReadWholeFile(const std::string& path) {
@@ -90,10 +85,10 @@ absl::Status ValidateOptions(const QuantizeOptions& o, gptq::QuantConfig* config
 // rebuilt from a .bin, so the output checkpoint can carry a tokenizer.model.
 absl::StatusOr<std::unique_ptr<tokenizer::Tokenizer>> LoadModelTokenizer(const std::string& dir,
                                                                         std::string* model_bytes) {
-  if (FileExists(dir + "/tokenizer.model")) return tokenizer::Tokenizer::Load(dir);
+  if (fsutil::IsRegularFile(dir + "/tokenizer.model")) return tokenizer::Tokenizer::Load(dir);
   for (const char* bin : {"tokenizer.bin", "tok512.bin"}) {
     const std::string path = absl::StrCat(dir, "/", bin);
-    if (!FileExists(path)) continue;
+    if (!fsutil::IsRegularFile(path)) continue;
     GPTQ_ASSIGN_OR_RETURN(std::string bytes, tokenizer::BuildSentencePieceModelFromLlama2c(path));
     GPTQ_ASSIGN_OR_RETURN(auto tok, tokenizer::Tokenizer::FromSerializedModel(bytes, path));
     *model_bytes = std::move(bytes);
